@@ -1,0 +1,129 @@
+"""The `kinject` command: one Typer app, `kinject <group> <command>`.
+
+Thin by design: commands parse arguments and call library functions. Groups live next to the
+code they drive: any `kinject.<pkg>.cli` module with a `register(app)` function is discovered,
+so a new component adds its commands without editing this file. User errors (`UserError`)
+print one `error: ...` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import kinject
+from kinject.errors import UserError
+
+app = typer.Typer(
+    name="kinject",
+    help="Inject private domain knowledge into frozen LLMs (GAG + PPR, GRIP) and evaluate it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+model_app = typer.Typer(help="Local causal LMs: create tiny models, inspect checkpoints.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect configs: resolved values after overrides.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+app.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides", show_default=False)]
+
+
+def echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+@model_app.command("tiny")
+def model_tiny(
+    out: Annotated[Path, typer.Option("--out", help="output directory")],
+    arch: Annotated[str, typer.Option(help="qwen3 or llama")] = "qwen3",
+    hidden: Annotated[int, typer.Option(help="hidden size")] = 64,
+    layers: Annotated[int, typer.Option(help="decoder layers")] = 2,
+    heads: Annotated[int, typer.Option(help="attention heads")] = 4,
+    vocab: Annotated[int, typer.Option(help="vocabulary size (BPE trained on a built-in sample)")] = 1000,
+    seed: Annotated[int, typer.Option(help="init seed")] = 0,
+) -> None:
+    """Create a randomly initialized tiny causal LM with a working tokenizer."""
+    from kinject.models import TinySpec, make_tiny_model, save_model
+    from kinject.tokenizer import BUILTIN_SAMPLE, train_tokenizer
+
+    tok = train_tokenizer(BUILTIN_SAMPLE * 4, vocab_size=vocab, min_frequency=1)
+    spec = TinySpec(arch=arch, vocab=vocab, hidden=hidden, layers=layers, heads=heads)
+    model = make_tiny_model(spec, tokenizer=tok, seed=seed)
+    save_model(model, tok, out)
+    typer.echo(f"saved {arch} model ({sum(p.numel() for p in model.parameters()):,} parameters) to {out}")
+
+
+@model_app.command("info")
+def model_info_cmd(path: Annotated[Path, typer.Argument(help="local model directory")]) -> None:
+    """Architecture, parameter count, dtype, vocab and special tokens of a local model."""
+    from kinject.models import model_info
+
+    echo_json(model_info(path))
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None, overrides: Overrides = None) -> None:
+    """Print the resolved config (file + overrides), validated against its kind."""
+    from kinject.config import dump_config, load_config
+
+    if config is None:
+        raise UserError("config show needs --config FILE")
+    typer.echo(dump_config(load_config(config, overrides or [])), nl=False)
+
+
+@config_app.command("kinds")
+def config_kinds() -> None:
+    """List the registered config kinds and the class behind each."""
+    from kinject.config import discover_configs
+
+    for kind, cls in sorted(discover_configs().items()):
+        typer.echo(f"{kind}\t{cls.__module__}.{cls.__name__}")
+
+
+@app.command("version")
+def version() -> None:
+    """Print the kinject version."""
+    typer.echo(kinject.__version__)
+
+
+def discover_groups(root: typer.Typer) -> None:
+    """Register every `kinject.<pkg>.cli.register(app)` found in the package."""
+    for mod in sorted(pkgutil.iter_modules(kinject.__path__), key=lambda m: m.name):
+        if not mod.ispkg:
+            continue
+        name = f"kinject.{mod.name}.cli"
+        if importlib.util.find_spec(name) is None:
+            continue
+        module = importlib.import_module(name)
+        register = getattr(module, "register", None)
+        if callable(register):
+            register(root)
+
+
+# Top-level modules that register commands (not packages): kept explicit.
+for _name in ("kinject.demo",):
+    importlib.import_module(_name).register(app)
+discover_groups(app)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(UserError.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

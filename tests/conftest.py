@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny random models (real models, random weights) built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from kinject.tokenizer import BUILTIN_SAMPLE, train_tokenizer
+
+    return train_tokenizer(BUILTIN_SAMPLE * 4, vocab_size=600, min_frequency=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    from kinject.models import TinySpec, make_tiny_model, save_model
+
+    out = tmp_path_factory.mktemp("models") / "tiny-qwen3"
+    model = make_tiny_model(TinySpec(vocab=600, hidden=64, layers=2, heads=4), tokenizer=tiny_tokenizer)
+    save_model(model, tiny_tokenizer, out)
+    return out

@@ -1,0 +1,71 @@
+import pytest
+
+from kinject.config import StageConfig, StrictModel, apply_overrides, load_config, register_config
+from kinject.errors import UserError
+
+
+class Train(StrictModel):
+    lr: float = 1e-4
+    steps: int = 10
+
+
+@register_config
+class ToyConfig(StageConfig):
+    kind: str = "toy_test"
+    name: str = "x"
+    train: Train = Train()
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_load_and_override(tmp_path):
+    p = write(tmp_path, "kind: toy_test\ntrain:\n  lr: 0.5\n")
+    cfg = load_config(p, ["train.steps=7", "name=hello"])
+    assert isinstance(cfg, ToyConfig)
+    assert cfg.train.lr == 0.5 and cfg.train.steps == 7 and cfg.name == "hello"
+
+
+def test_unknown_key_names_key_file_and_valid_keys(tmp_path):
+    p = write(tmp_path, "kind: toy_test\ntrain:\n  lrr: 0.5\n")
+    with pytest.raises(UserError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "'train.lrr'" in msg and str(p) in msg and "lr, steps" in msg
+
+
+def test_unknown_override_key(tmp_path):
+    p = write(tmp_path, "kind: toy_test\n")
+    with pytest.raises(UserError, match="'train.nope'"):
+        load_config(p, ["train.nope=1"])
+
+
+def test_wrong_type(tmp_path):
+    p = write(tmp_path, "kind: toy_test\ntrain:\n  steps: many\n")
+    with pytest.raises(UserError, match="bad value for config key 'train.steps'"):
+        load_config(p)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    p = write(tmp_path, "kind: [unclosed\n")
+    with pytest.raises(UserError, match="invalid YAML"):
+        load_config(p)
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_expect_pins_class_and_rejects_other_kind(tmp_path):
+    assert load_config(None, ["train.lr=2"], expect=ToyConfig).train.lr == 2
+    p = write(tmp_path, "kind: something_else\n")
+    with pytest.raises(UserError, match="does not fit"):
+        load_config(p, expect=ToyConfig)
+
+
+def test_override_into_value_is_error():
+    with pytest.raises(UserError, match="is a value"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+    with pytest.raises(UserError, match="key.sub=value"):
+        apply_overrides({}, ["novalue"])
