@@ -1,0 +1,63 @@
+"""Every prompt kinject shows a model, in one place.
+
+One format per role, shared by data generation (the world's pretraining and SFT examples),
+training and inference, so what a model learns is exactly what it is later asked. Functions
+return chat messages; `render` applies the tokenizer's chat template.
+
+- closed-book answer (base only, the `general` route):   `general_messages`
+- answer from knowledge (RAG passages, text injection of the expert's background, and GAG
+  with `<GAG>` placeholders as the knowledge): `knowledge_messages`  (SPEC-GAG Stage III)
+- expert QA (Stage II SFT and `expert ask`):             `expert_messages`
+- expert background generation (memory construction):   `background_messages`
+"""
+
+from __future__ import annotations
+
+from kinject.tokenizer import GAG_TOKEN
+
+GENERAL_REQUEST = "Please answer the following question."
+KNOWLEDGE_REQUEST = "Please answer the following question based on the knowledge provided."
+BACKGROUND_REQUEST = "Provide the background knowledge related to the following question."
+
+
+def _join(*parts: str) -> str:
+    return "\n".join(p for p in parts if p)
+
+
+def general_messages(question: str) -> list[dict]:
+    return [{"role": "user", "content": _join(GENERAL_REQUEST, f"Question: {question}")}]
+
+
+def knowledge_messages(question: str, knowledge: str, instruction: str = "") -> list[dict]:
+    """`{instruction}\\n{request}\\nQuestion: {q}\\nKnowledge: {knowledge}\\n` (SPEC-GAG)."""
+    content = _join(instruction, KNOWLEDGE_REQUEST, f"Question: {question}", f"Knowledge: {knowledge}") + "\n"
+    return [{"role": "user", "content": content}]
+
+
+def gag_knowledge(num_slots: int) -> str:
+    return GAG_TOKEN * num_slots
+
+
+def gag_messages(question: str, num_slots: int, instruction: str = "") -> list[dict]:
+    return knowledge_messages(question, gag_knowledge(num_slots), instruction)
+
+
+def expert_messages(instruction: str, question: str) -> list[dict]:
+    """Stage II user turn: `instruction + "\\nQuestion: " + input` (SPEC-GAG)."""
+    return [{"role": "user", "content": f"{instruction}\nQuestion: {question}"}]
+
+
+def background_messages(question: str, system: str = "") -> list[dict]:
+    msgs = [{"role": "system", "content": system}] if system else []
+    return msgs + [{"role": "user", "content": _join(BACKGROUND_REQUEST, f"Question: {question}")}]
+
+
+def with_answer(messages: list[dict], answer: str) -> list[dict]:
+    return [*messages, {"role": "assistant", "content": answer}]
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """Text of the chat-templated prompt (the assistant prefix appended when asked)."""
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
