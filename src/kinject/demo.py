@@ -1,13 +1,20 @@
 """`kinject demo`: the README's main job, the whole pipeline on the embedded tiny world.
 
-Each stage is a function registered with `@stage`, run in order. A stage writes its outputs
-under `<out>/<name>/` with a manifest; it is skipped when that manifest says complete with the
-same inputs hash (config + input files), so a re-run with nothing changed is fast.
-Components add their stage here as they land.
+Each stage is a function registered with `@stage(name, order=N)`, run by increasing order. A
+component adds its stage in its own package, in a module named `demo_stages`
+(`kinject/<pkg>/demo_stages.py`), discovered at run time: no edit of this file. A stage writes
+under `<out>/<name>/` with a manifest and skips itself when that manifest says complete with
+the same inputs hash (`kinject.runs.is_complete`), so a re-run with nothing changed is fast.
+Stages pass paths to later stages through `ctx.artifacts`.
+
+Orders: foundation 0, world 10, retrieval 30, ppr 40, expert 50, memory 60, gag 70, grip 80,
+grip_rl 90, eval 100.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,20 +40,32 @@ class Stage:
     name: str
     fn: Callable[[DemoContext, Path], None]
     help: str
+    order: int
 
 
-STAGES: list[Stage] = []
+STAGES: dict[str, Stage] = {}
 
 
-def stage(name: str, help: str = ""):
+def stage(name: str, order: int, help: str = ""):
     def deco(fn: Callable[[DemoContext, Path], None]):
-        STAGES.append(Stage(name, fn, help or (fn.__doc__ or "").strip().splitlines()[0]))
+        doc = help or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
+        STAGES[name] = Stage(name, fn, doc, order)
         return fn
 
     return deco
 
 
-@stage("foundation", "tiny random model: save, reload, identical logits")
+def discover_stages() -> list[Stage]:
+    import kinject
+
+    for mod in pkgutil.iter_modules(kinject.__path__):
+        name = f"kinject.{mod.name}.demo_stages"
+        if mod.ispkg and importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+    return sorted(STAGES.values(), key=lambda s: s.order)
+
+
+@stage("foundation", order=0, help="tiny random model: save, reload, identical logits")
 def foundation_check(ctx: DemoContext, out: Path) -> None:
     import torch
 
@@ -73,7 +92,7 @@ def run_demo(out: Path, quick: bool = False, only: list[str] | None = None) -> D
     ctx = DemoContext(out=out, quick=quick)
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
-    for st in STAGES:
+    for st in discover_stages():
         if only and st.name not in only:
             continue
         console.rule(f"[bold]{st.name}[/bold]: {st.help}")
