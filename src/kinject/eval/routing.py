@@ -1,0 +1,76 @@
+"""Routing metrics (PPR, SPEC-GAG): micro accuracy, macro accuracy, per-domain accuracy, confusion.
+
+Labels are domain NAMES (never ids). Plain functions over (gold, predicted) label lists; the
+counting is scikit-learn's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kinject.errors import UserError
+
+
+def _check(gold: Sequence[str], pred: Sequence[str]) -> None:
+    if len(gold) != len(pred):
+        raise UserError(f"routing metrics need one prediction per gold label (got {len(pred)} for {len(gold)})")
+    if not gold:
+        raise UserError("routing metrics need at least one labelled question")
+
+
+def routing_accuracy(gold: Sequence[str], pred: Sequence[str]) -> float:
+    """Micro accuracy: fraction of questions sent to their own domain."""
+    from sklearn.metrics import accuracy_score
+
+    _check(gold, pred)
+    return float(accuracy_score(list(gold), list(pred)))
+
+
+def per_domain_accuracy(gold: Sequence[str], pred: Sequence[str]) -> dict[str, float]:
+    """Accuracy (recall) within each gold domain."""
+    _check(gold, pred)
+    out: dict[str, float] = {}
+    for domain in sorted(set(gold)):
+        idx = [i for i, g in enumerate(gold) if g == domain]
+        out[domain] = sum(pred[i] == domain for i in idx) / len(idx)
+    return out
+
+
+def macro_accuracy(gold: Sequence[str], pred: Sequence[str]) -> float:
+    """Mean of the per-domain accuracies (= scikit-learn's balanced accuracy)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    _check(gold, pred)
+    return float(balanced_accuracy_score(list(gold), list(pred)))
+
+
+def confusion(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str] | None = None) -> tuple[list[str], list[list[int]]]:
+    """(labels, matrix) with matrix[i][j] = questions of gold labels[i] routed to labels[j]."""
+    from sklearn.metrics import confusion_matrix
+
+    _check(gold, pred)
+    labels = list(labels) if labels is not None else sorted(set(gold) | set(pred))
+    return labels, confusion_matrix(list(gold), list(pred), labels=labels).tolist()
+
+
+@dataclass
+class RoutingReport:
+    n: int
+    accuracy: float
+    macro_accuracy: float
+    per_domain: dict[str, float]
+    labels: list[str]
+    confusion: list[list[int]]
+
+
+def routing_report(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str] | None = None) -> RoutingReport:
+    names, matrix = confusion(gold, pred, labels)
+    return RoutingReport(
+        n=len(gold),
+        accuracy=routing_accuracy(gold, pred),
+        macro_accuracy=macro_accuracy(gold, pred),
+        per_domain=per_domain_accuracy(gold, pred),
+        labels=names,
+        confusion=matrix,
+    )
