@@ -17,6 +17,9 @@ def test_routing_metrics_hand_checked():
     assert routing_accuracy(GOLD, PRED) == pytest.approx(6 / 8)
     assert per_domain_accuracy(GOLD, PRED) == {"adjuvant": 0.5, "general": 0.75, "materials": 1.0}
     assert macro_accuracy(GOLD, PRED) == pytest.approx((0.5 + 0.75 + 1.0) / 3)
+    from sklearn.metrics import balanced_accuracy_score
+
+    assert macro_accuracy(GOLD, PRED) == pytest.approx(balanced_accuracy_score(GOLD, PRED))
     labels, m = confusion(GOLD, PRED, ["general", "materials", "adjuvant"])
     assert labels == ["general", "materials", "adjuvant"]
     assert m == [[3, 1, 0], [0, 2, 0], [1, 0, 1]]
