@@ -44,3 +44,19 @@ def test_table_rows_methods_columns_dataset_metric():
     assert "0.912" in text and "12.3" in text
     gag_line = next(ln for ln in text.splitlines() if "gag" in ln)
     assert gag_line.count("-") == 2  # gag has no wiki or latency cell
+
+
+def test_print_splits_by_dataset_when_too_wide(monkeypatch, capsys):
+    from kinject.eval.results import print_results
+
+    rows = [row(m, d, k, 0.5) for m in ("base", "gag") for d in ("materials", "adjuvant")
+            for k in ("em", "f1", "has_answer", "rouge")]
+    monkeypatch.setenv("COLUMNS", "200")
+    print_results(rows)
+    wide = capsys.readouterr().out
+    assert "materials (dev)" not in wide and wide.count("base") == 1
+    monkeypatch.setenv("COLUMNS", "70")
+    print_results(rows)
+    narrow = capsys.readouterr().out
+    assert "materials (dev)" in narrow and "adjuvant (dev)" in narrow and narrow.count("base") == 2
+    assert "has_answer" in narrow and "…" not in narrow  # full metric names, no truncation

@@ -87,22 +87,39 @@ def format_value(metric: str, value: float) -> str:
 
 def results_table(rows: Sequence[ResultRow], title: str | None = None):
     """A rich Table: rows = methods; columns = dataset (split) x metric."""
+    from rich import box
     from rich.table import Table
 
     methods, cols, cells = pivot(rows)
     splits_vary = len({s for _, s, _ in cols}) > 1
-    table = Table(title=title)
+    one_dataset = len({(d, s) for d, s, _ in cols}) == 1
+    if one_dataset and title is None:
+        title = f"{cols[0][0]} ({cols[0][1]})"
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     table.add_column("method", style="bold")
     for ds, split, metric in cols:
         head = f"{ds} ({split})" if splits_vary else ds
-        table.add_column(f"{head}\n{metric}", justify="right")
+        table.add_column(metric if one_dataset else f"{head}\n{metric}", justify="right", min_width=len(metric))
     for m in methods:
         cells_m = [cells.get((m, c)) for c in cols]
         table.add_row(m, *("-" if r is None else format_value(r.metric, r.value) for r in cells_m))
     return table
 
 
+def _table_width(rows: Sequence[ResultRow]) -> int:
+    methods, cols, _ = pivot(rows)
+    return max(map(len, ["method", *methods])) + 2 + sum(max(len(d) + len(s) + 3, len(m), 6) + 3 for d, s, m in cols)
+
+
 def print_results(rows: Sequence[ResultRow], title: str | None = None) -> None:
+    """Print the table; when it is wider than the terminal, one table per dataset instead."""
     from rich.console import Console
 
-    Console().print(results_table(rows, title))
+    console = Console()
+    if _table_width(rows) <= console.width or len({(r.dataset, r.split) for r in rows}) == 1:
+        console.print(results_table(rows, title))
+        return
+    if title:
+        console.print(title)
+    for ds, split in dict.fromkeys((r.dataset, r.split) for r in rows):
+        console.print(results_table([r for r in rows if (r.dataset, r.split) == (ds, split)]))
