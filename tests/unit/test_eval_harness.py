@@ -36,7 +36,8 @@ class Lookup:
         self.k, self.answers = options.k, options.answers
 
     def answer(self, batch):
-        return [{"prediction": self.answers.get(r["question"], "no idea"),
+        assert not any(k in row for row in batch for k in ("answer", "output"))  # gold answers are hidden
+        return [{"prediction": ["first turn", self.answers.get(r["question"], "no idea")],
                  "trace": {"added_prompt_tokens": 10 * self.k, "n_retrievals": 1, "route": r.get("domain")}}
                 for r in batch]
 
@@ -111,7 +112,8 @@ def test_eval_run_end_to_end(setup, tiny_model_dir, tiny_tokenizer):
     assert "| lookup_k3 | 0.167 | 0.333 | 1.000 | 1.000 | 30.0 | 0.0 | 1.0 |" in report
     rouge_section = report.split("## rouge")[1].split("##")[0]
     assert "| method | materials |" in rouge_section and "| lookup_k3 | 0.167 |" in rouge_section
-    for png in ("accuracy.png", "accuracy_vs_tokens.png"):
+    assert not (out / "routing_confusion__base__materials.png").exists()  # base does not route
+    for png in ("accuracy.png", "accuracy_vs_tokens.png", "routing_confusion__lookup_k3__materials.png"):
         head = (out / png).read_bytes()[:24]
         assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24])[0] > 100
     manifest = json.loads((out / "manifest.json").read_text())

@@ -19,6 +19,7 @@ from kinject.io import iter_jsonl
 
 QUESTION_FIELDS = ("question", "input")
 ANSWER_FIELDS = ("answer", "answers")
+HIDDEN_FIELDS = (*ANSWER_FIELDS, "output")  # gold answers: never shown to a method
 
 
 def _question_key(text: str) -> str:
@@ -35,8 +36,10 @@ class Question:
     row: dict[str, Any] = field(default_factory=dict)
 
     def as_input(self) -> dict[str, Any]:
-        """What a Method's `answer(batch)` receives: the row plus normalized fields."""
-        return {**self.row, "id": self.id, "question": self.question, "answer": self.answers}
+        """What a Method's `answer(batch)` receives: the row with normalized `id` and `question`,
+        without the gold answer fields (`answer`, `answers`, `output`), so no method can peek."""
+        row = {k: v for k, v in self.row.items() if k not in HIDDEN_FIELDS}
+        return {**row, "id": self.id, "question": self.question}
 
 
 def _answers(raw: Any, where: str) -> list[str]:

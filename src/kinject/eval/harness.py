@@ -18,12 +18,12 @@ from pathlib import Path
 
 from kinject.errors import UserError
 from kinject.eval.config import EvalConfig
-from kinject.eval.data import Question, load_questions
+from kinject.eval.data import Question, load_questions, prediction_text
 from kinject.eval.method import Method, MethodContext, build_method, resolve_method
 from kinject.eval.metrics import check_metrics
-from kinject.eval.report import write_report
+from kinject.eval.report import plot_confusion, write_report
 from kinject.eval.results import ResultRow, print_results, write_results
-from kinject.eval.routing import macro_accuracy, routing_accuracy
+from kinject.eval.routing import macro_accuracy, routing_accuracy, routing_report
 from kinject.eval.score import score_answers
 from kinject.io import atomic_dir, write_jsonl_atomic
 from kinject.runs import RunRecorder, inputs_hash, is_complete
@@ -112,6 +112,12 @@ def run_method(method: Method, questions: list[Question], batch_size: int, progr
     return answers, latency
 
 
+def routing_pairs(ds: Prepared, answers: list[dict]) -> list[tuple[str, str]]:
+    """(gold domain, route) for questions whose row has a `domain` and whose trace a `route`."""
+    pairs = [(q.row.get("domain"), (a.get("trace") or {}).get("route")) for q, a in zip(ds.questions, answers, strict=True)]
+    return [(str(g), str(p)) for g, p in pairs if g is not None and p is not None]
+
+
 def efficiency_rows(method: str, ds: Prepared, answers: list[dict], latency: list[float]) -> list[ResultRow]:
     n = len(answers)
     rows = [ResultRow(method=method, dataset=ds.name, split=ds.split, metric="latency_ms_p50",
@@ -122,8 +128,7 @@ def efficiency_rows(method: str, ds: Prepared, answers: list[dict], latency: lis
         if vals:
             rows.append(ResultRow(method=method, dataset=ds.name, split=ds.split, metric=metric,
                                   value=sum(vals) / len(vals), n=len(vals)))
-    routed = [(q.row.get("domain"), t.get("route")) for q, t in zip(ds.questions, traces, strict=True)]
-    routed = [(g, p) for g, p in routed if g is not None and p is not None]
+    routed = routing_pairs(ds, answers)
     if routed:
         gold, pred = [g for g, _ in routed], [p for _, p in routed]
         rows.append(ResultRow(method=method, dataset=ds.name, split=ds.split, metric="routing_accuracy",
@@ -163,7 +168,7 @@ def run_eval(cfg: EvalConfig, out: Path, source: str = "config", force: bool = F
                 task = progress.add_task(f"{entry.name} on {ds.name}", total=len(ds.questions))
                 with rec.timer(f"answer:{entry.name}:{ds.name}"):
                     answers, latency = run_method(method, ds.questions, cfg.batch_size, progress, task)
-                preds = [str(a["prediction"]) for a in answers]
+                preds = [prediction_text(a["prediction"]) for a in answers]
                 write_jsonl_atomic(tmp / "predictions" / f"{entry.name}__{ds.name}.jsonl", (
                     {"id": q.id, "question": q.question, "answer": q.answers, "prediction": a["prediction"],
                      "trace": a.get("trace") or {}}
@@ -172,6 +177,11 @@ def run_eval(cfg: EvalConfig, out: Path, source: str = "config", force: bool = F
                     scored = score_answers(ds.questions, preds, ds.metrics, entry.name, ds.name, ds.split,
                                            cfg.metric_options)
                 rows += scored.rows + efficiency_rows(entry.name, ds, answers, latency)
+                routed = routing_pairs(ds, answers)
+                if routed and cfg.plots:
+                    plot_confusion(tmp / f"routing_confusion__{entry.name}__{ds.name}.png",
+                                   routing_report([g for g, _ in routed], [p for _, p in routed]),
+                                   f"{entry.name} on {ds.name}")
             del method
             gc.collect()
         write_results(tmp, rows, append=False)

@@ -1,9 +1,11 @@
 """The `Method` protocol and its registry: every system the harness compares is one.
 
 A method answers a batch of questions: `answer(batch) -> [{"prediction": str, "trace": {...}}]`,
-one dict per input row, in order. Each input row is the dataset row plus normalized `id`,
-`question` and `answer` fields (so a method may read `instruction`, `domain`, ...; it must not
-peek at `answer`). The trace is free-form; the harness aggregates these keys when present:
+one dict per input row, in order. Each input row is the dataset row with normalized `id` and
+`question` fields (so a method may read `instruction`, `domain`, ...) and without the gold
+answer fields (`answer`, `answers`, `output`). A prediction may be a list (one answer per turn,
+as GRIP writes it): the last element is scored. The trace is free-form; the harness aggregates
+these keys when present:
 
 - `added_prompt_tokens`: prompt tokens the method adds over the closed-book prompt
   (retrieved passages, injected text, GAG slots); reported as the mean per question.

@@ -152,3 +152,27 @@ def plot_results(out: Path, rows: Sequence[ResultRow]) -> list[Path]:
     paths.append(_save(fig, out / "accuracy_vs_tokens.png"))
     plt.close(fig)
     return paths
+
+
+def plot_confusion(path: Path, report, title: str = "") -> Path:
+    """Routing confusion matrix (rows = gold domain, columns = route), counts in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(report.labels)
+    fig, ax = plt.subplots(figsize=(1.2 * n + 2, 1.0 * n + 1.5))
+    ax.imshow(report.confusion, cmap="Blues")
+    ax.set_xticks(range(n), report.labels, rotation=30, ha="right")
+    ax.set_yticks(range(n), report.labels)
+    top = max(max(r) for r in report.confusion) or 1
+    for i, r in enumerate(report.confusion):
+        for j, v in enumerate(r):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
+    ax.set_xlabel("route")
+    ax.set_ylabel("gold domain")
+    ax.set_title(f"Routing {title} (acc {report.accuracy:.3f}, macro {report.macro_accuracy:.3f})", fontsize=9)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
