@@ -37,7 +37,7 @@ def test_table_rows_methods_columns_dataset_metric():
             row("gag", "materials", "em", 0.912), row("base", "materials", "latency_ms_p50", 12.34)]
     table = results_table(rows)
     assert [c.header for c in table.columns] == ["method", "materials\nem", "wiki\nhas_answer",
-                                                 "materials\nlatency_ms_p50"]
+                                                 "materials\nms/q p50"]
     console = Console(width=200, record=True)
     console.print(table)
     text = console.export_text()

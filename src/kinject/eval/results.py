@@ -62,6 +62,12 @@ def write_results(path: str | os.PathLike, rows: Iterable[ResultRow], append: bo
     return write_jsonl_atomic(p, (r.model_dump() for r in merged.values()))
 
 
+#: shorter column headings for the terminal table (results.jsonl keeps the full metric names)
+SHORT = {"latency_ms_p50": "ms/q p50", "added_prompt_tokens": "+tokens", "avg_retrievals": "retrievals",
+         "expert_tokens": "expert tok", "routing_accuracy": "route acc", "routing_macro_accuracy": "route macro",
+         "bertscore_f1": "bertscore"}
+
+
 def _columns(rows: Sequence[ResultRow]) -> list[tuple[str, str, str]]:
     cols: list[tuple[str, str, str]] = []
     for r in rows:
@@ -99,7 +105,8 @@ def results_table(rows: Sequence[ResultRow], title: str | None = None):
     table.add_column("method", style="bold")
     for ds, split, metric in cols:
         head = f"{ds} ({split})" if splits_vary else ds
-        table.add_column(metric if one_dataset else f"{head}\n{metric}", justify="right", min_width=len(metric))
+        short = SHORT.get(metric, metric)
+        table.add_column(short if one_dataset else f"{head}\n{short}", justify="right", min_width=len(short))
     for m in methods:
         cells_m = [cells.get((m, c)) for c in cols]
         table.add_row(m, *("-" if r is None else format_value(r.metric, r.value) for r in cells_m))
@@ -108,7 +115,7 @@ def results_table(rows: Sequence[ResultRow], title: str | None = None):
 
 def _table_width(rows: Sequence[ResultRow]) -> int:
     methods, cols, _ = pivot(rows)
-    return max(map(len, ["method", *methods])) + 2 + sum(max(len(d) + len(s) + 3, len(m), 6) + 3 for d, s, m in cols)
+    return max(map(len, ["method", *methods])) + 2 + sum(max(len(d) + len(s) + 3, len(SHORT.get(m, m)), 6) + 3 for d, s, m in cols)
 
 
 def print_results(rows: Sequence[ResultRow], title: str | None = None) -> None:
