@@ -25,7 +25,7 @@ def test_eval_run_score_show(tmp_path, tiny_model_dir):
              "answer": [f"{i}.{i} eV"]} for i in range(12)]
     (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     metrics = ["em", "f1", "has_answer", "cover_em", "rouge", "bertscore_f1", "sts"]
-    cfg = {"kind": "eval", "data_root": str(tmp_path), "device": "cpu", "batch_size": 5, "max_new_tokens": 8,
+    cfg = {"kind": "eval", "data_root": str(tmp_path), "device": "cpu", "num_threads": 1, "batch_size": 5, "max_new_tokens": 8,
            "metrics": metrics, "datasets": [{"name": "materials", "path": "qa.jsonl", "split": "dev"}],
            "methods": [{"name": "base", "options": {"model": str(tiny_model_dir)}}]}
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))

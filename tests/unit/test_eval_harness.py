@@ -57,7 +57,7 @@ def setup(tmp_path, tiny_model_dir):
     write_jsonl(data / "qa_dev.jsonl", QUESTIONS)
     write_jsonl(data / "wiki.jsonl", WIKI)
     cfg = {
-        "kind": "eval", "data_root": str(data), "device": "cpu", "batch_size": 4, "max_new_tokens": 6,
+        "kind": "eval", "data_root": str(data), "device": "cpu", "num_threads": 1, "batch_size": 4, "max_new_tokens": 6,
         "metrics": ["em", "f1", "has_answer"],
         "datasets": [
             {"name": "materials", "path": "qa_dev.jsonl", "split": "dev", "metrics": ["em", "rouge"]},
@@ -76,8 +76,12 @@ def setup(tmp_path, tiny_model_dir):
 
 def test_eval_run_end_to_end(setup, tiny_model_dir, tiny_tokenizer):
     cfg_path, out = setup
+    import torch
+
     cfg = load_config(cfg_path, expect=EvalConfig)
+    threads = torch.get_num_threads()
     rows = run_eval(cfg, out, source=str(cfg_path), quiet=True)
+    assert torch.get_num_threads() == threads  # num_threads applies only while methods answer
     by = {(r.method, r.dataset, r.metric): r for r in rows}
     # metric lists per dataset; wiki filtered to hops == 2
     assert {m for (meth, d, m) in by if meth == "base" and d == "materials"} == {"em", "rouge", "latency_ms_p50",

@@ -36,6 +36,7 @@ class EvalConfig(StageConfig):
     batch_size: int = 16
     max_new_tokens: int = 32
     limit: int | None = None  # cap on questions per dataset (quick runs)
+    num_threads: int | None = None  # torch intra-op threads while methods answer (None: unchanged)
     plots: bool = True
 
     def dataset_path(self, d: DatasetEntry) -> Path:

@@ -10,6 +10,7 @@ config and inputs is skipped (content hash in the manifest).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import statistics
 import time
@@ -139,8 +140,6 @@ def efficiency_rows(method: str, ds: Prepared, answers: list[dict], latency: lis
 
 
 def run_eval(cfg: EvalConfig, out: Path, source: str = "config", force: bool = False, quiet: bool = False) -> list[ResultRow]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     check_methods(cfg, source)
     datasets = prepare_datasets(cfg, source)
     for name in cfg.metric_options:
@@ -155,6 +154,33 @@ def run_eval(cfg: EvalConfig, out: Path, source: str = "config", force: bool = F
         return read_results(out)
 
     ctx = MethodContext(cfg.device, cfg.dtype, cfg.batch_size, cfg.max_new_tokens, cfg.seed)
+    with torch_threads(cfg.num_threads):
+        rows = _run(cfg, out, source, ctx, datasets, digest, quiet)
+    if not quiet:
+        print_results(rows, title=f"eval run -> {out}")
+    return rows
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Temporarily set torch's intra-op threads (restored afterwards)."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _run(cfg: EvalConfig, out: Path, source: str, ctx: MethodContext, datasets: list[Prepared],
+         digest: str, quiet: bool = False) -> list[ResultRow]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     rec = RunRecorder(out, "eval run", cfg, cfg.seed)
     rows: list[ResultRow] = []
     with atomic_dir(out) as tmp, Progress(
@@ -189,6 +215,4 @@ def run_eval(cfg: EvalConfig, out: Path, source: str = "config", force: bool = F
                      notes=[f"Config: `{source}`. Predictions per method and dataset under `predictions/`."])
         rec.metrics = {f"{r.method}/{r.dataset}/{r.metric}": r.value for r in rows}
         rec.write(tmp, inputs_hash=digest)
-    if not quiet:
-        print_results(rows, title=f"eval run -> {out}")
     return rows
