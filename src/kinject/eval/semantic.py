@@ -6,7 +6,7 @@ Both load encoders from LOCAL paths only; the default is the all-MiniLM-L6-v2 sh
 BERTScore: greedy cosine matching of contextual token embeddings from one layer (`num_layers`
 is required for a local path: the library only knows recommended layers for hub names). Paper
 preset (SPEC-GAG): SciBERT, layer 8, no idf, no baseline rescale, long texts chunked at 500
-word pieces. The library itself truncates at the model's maximum length, so texts are encoded
+word pieces (`configs/eval/paper_metrics.yaml`; idf and rescaling are not offered). The library itself truncates at the model's maximum length, so texts are encoded
 here in chunks of <= `chunk_tokens` word pieces (each chunk wrapped in the model's special
 tokens), the chunks' token embeddings are concatenated, and the library's own matching
 (`bert_score.utils.greedy_cos_idf`) scores the whole text. For texts that fit in one chunk this
@@ -44,10 +44,6 @@ class StsOptions(StrictModel):
     model: str | None = None  # local sentence-transformers dir; None = the shipped MiniLM
     batch_size: int = 64
     device: str = "cpu"
-
-
-#: SPEC-GAG's paper setting (needs a local SciBERT checkpoint: set `model` to its directory).
-BERTSCORE_PAPER_PRESET = {"num_layers": 8, "chunk_tokens": DEFAULT_CHUNK_TOKENS}
 
 
 def _local_model_dir(path: str | None, what: str) -> str:
