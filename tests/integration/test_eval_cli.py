@@ -52,4 +52,4 @@ def test_eval_run_score_show(tmp_path, tiny_model_dir):
 
     # eval show prints the stored table
     shown = cli("eval", "show", str(tmp_path / "score")).stdout
-    assert "edited" in shown and "bertscore_f1" in shown
+    assert "edited" in shown and "bertscore" in shown and "0.333" in shown
