@@ -149,6 +149,8 @@ def test_eval_run_end_to_end(setup, tiny_model_dir, tiny_tokenizer):
     ("datasets=[{name: a, path: qa_dev.jsonl}, {name: a, path: wiki.jsonl}]", "dataset name 'a' is used twice"),
     ("datasets=[{name: w, path: wiki.jsonl, where: {hops: 7}}]", "no questions matching"),
     ("metric_options={bleu: {}}", "unknown metric 'bleu'"),
+    ("metric_options={sts: {}}", "options given for metric 'sts'"),
+    ("metric_options={em: {x: 1}}", "metric 'em' takes no options"),
 ])
 def test_bad_config_one_line_nothing_written(setup, override, message):
     cfg_path, out = setup

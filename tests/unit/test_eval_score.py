@@ -92,13 +92,16 @@ def test_bad_references(tmp_path):
 @pytest.mark.parametrize("metrics,fix,message", [
     ("em,bleu", None, "unknown metric 'bleu' in --metrics"),
     ("em", "noanswers", "missing answers"),
+    ("bertscore_f1", "--option=bertscore_f1.layers=3", "unknown config key 'layers' in options of metric"),
+    ("em", "--option=bertscore_f1.num_layers=3", "options given for metric 'bertscore_f1'"),
 ])
 def test_cli_errors_one_line(refs, preds, tmp_path, metrics, fix, message):
     if fix == "noanswers":
         refs = write_jsonl(tmp_path / "bad.jsonl", [{"id": "q1", "question": "x"}])
     out = tmp_path / "o"
+    extra = [fix] if fix and fix.startswith("--option") else []
     res = subprocess.run([sys.executable, "-m", "kinject.cli", "eval", "score", "--predictions", str(preds),
-                          "--references", str(refs), "--metrics", metrics, "--out", str(out)],
+                          "--references", str(refs), "--metrics", metrics, "--out", str(out), *extra],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]

@@ -33,6 +33,8 @@ def test_bertscore_empty_identical_and_layer(minilm):
     assert got[1] == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(UserError, match="out of range"):
         compute_metric("bertscore_f1", ["a"], [["a"]], {"num_layers": 9})
+    with pytest.raises(UserError, match="unknown config key 'layer'"):
+        compute_metric("bertscore_f1", ["a"], [["a"]], {"layer": 3})
     with pytest.raises(UserError, match="bertscore model not found"):
         compute_metric("bertscore_f1", ["a"], [["a"]], {"model": "/nonexistent/scibert"})
 

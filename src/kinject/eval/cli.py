@@ -38,7 +38,7 @@ def score_cmd(
 ) -> None:
     """Score a predictions file against gold answers; write results.jsonl and print the table."""
     from kinject.eval.data import load_predictions, load_questions, match_predictions
-    from kinject.eval.metrics import check_metrics
+    from kinject.eval.metrics import check_metric_options, check_metrics
     from kinject.eval.results import print_results, write_results
     from kinject.eval.score import score_answers
     from kinject.io import write_jsonl_atomic
@@ -46,7 +46,7 @@ def score_cmd(
 
     names = check_metrics(metrics.split(","), " in --metrics")
     opts = _metric_options(option)
-    check_metrics(list(opts) or names, " in --option")
+    check_metric_options(opts, names, " (--option)")
     questions = load_questions(references)
     matched = match_predictions(questions, load_predictions(predictions))
     ds = dataset or references.stem

@@ -21,7 +21,7 @@ from kinject.errors import UserError
 from kinject.eval.config import EvalConfig
 from kinject.eval.data import Question, load_questions, prediction_text
 from kinject.eval.method import Method, MethodContext, build_method, resolve_method
-from kinject.eval.metrics import check_metrics
+from kinject.eval.metrics import check_metric_options, check_metrics
 from kinject.eval.report import plot_confusion, write_report
 from kinject.eval.results import ResultRow, print_results, write_results
 from kinject.eval.routing import macro_accuracy, routing_accuracy, routing_report
@@ -142,8 +142,8 @@ def efficiency_rows(method: str, ds: Prepared, answers: list[dict], latency: lis
 def run_eval(cfg: EvalConfig, out: Path, source: str = "config", force: bool = False, quiet: bool = False) -> list[ResultRow]:
     check_methods(cfg, source)
     datasets = prepare_datasets(cfg, source)
-    for name in cfg.metric_options:
-        check_metrics([name], f" in {source} (metric_options)")
+    used = {m for d in datasets for m in d.metrics}
+    check_metric_options(cfg.metric_options, sorted(used), f" in {source} (metric_options)")
     digest = inputs_hash({"config": cfg.model_dump(mode="json"), "options": option_fingerprints(cfg)},
                          *(d.path for d in datasets))
     if not force and is_complete(out, digest):

@@ -198,6 +198,21 @@ def check_metrics(names: Sequence[str], where: str = "") -> list[str]:
     return names
 
 
+def check_metric_options(options: dict[str, dict], metrics: Sequence[str], where: str = "") -> None:
+    """Options must name a metric that is used and keys that metric knows (checked up front)."""
+    from kinject.config import build_config
+    from kinject.eval.semantic import BertScoreOptions, StsOptions
+
+    models = {"bertscore_f1": BertScoreOptions, "sts": StsOptions}
+    for name, opts in options.items():
+        check_metrics([name], where)
+        if name not in metrics:
+            raise UserError(f"options given for metric {name!r}{where}, which is not among the metrics scored")
+        if name not in models:
+            raise UserError(f"metric {name!r} takes no options{where}")
+        build_config(models[name], dict(opts or {}), f"options of metric {name!r}{where}")
+
+
 def compute_metric(
     name: str, predictions: Sequence[str], golds: Sequence[Sequence[str]], options: dict | None = None
 ) -> list[float]:

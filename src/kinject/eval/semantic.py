@@ -20,7 +20,7 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
-from kinject.config import StrictModel
+from kinject.config import StrictModel, build_config
 from kinject.errors import UserError
 
 DEFAULT_CHUNK_TOKENS = 500
@@ -118,7 +118,7 @@ def bertscore_f1(predictions: Sequence[str], golds: Sequence[Sequence[str]], opt
     """BERTScore F1 per prediction, max over its gold answers."""
     from bert_score.utils import greedy_cos_idf
 
-    opts = BertScoreOptions(**(options or {}))
+    opts = build_config(BertScoreOptions, options or {}, "options of metric 'bertscore_f1'")
     model, tokenizer, _ = _bert_model(_local_model_dir(opts.model, "bertscore"), opts.num_layers, opts.device)
     pairs = [(i, p, g) for i, (p, gs) in enumerate(zip(predictions, golds, strict=True))
              for g in gs if p.strip() and g.strip()]
@@ -146,7 +146,7 @@ def _sentence_model(path: str, device: str):
 
 def sts(predictions: Sequence[str], golds: Sequence[Sequence[str]], options: dict | None = None) -> list[float]:
     """Cosine similarity of sentence embeddings (prediction vs each gold), max over golds."""
-    opts = StsOptions(**(options or {}))
+    opts = build_config(StsOptions, options or {}, "options of metric 'sts'")
     model = _sentence_model(_local_model_dir(opts.model, "sts"), opts.device)
     texts = sorted({t for t in predictions if t.strip()} | {g for gs in golds for g in gs if g.strip()})
     if not texts:
