@@ -20,6 +20,8 @@ class Generation:
     text: str
     n_prompt_tokens: int
     n_new_tokens: int
+    # the generated ids, cut before the first stop token (memory construction needs the exact ids)
+    token_ids: tuple[int, ...] = ()
 
 
 def _batches(items: Sequence, size: int):
@@ -60,7 +62,7 @@ def generate_texts(
                 # cut at the first stop token (rows that stopped early are padded afterwards)
                 n = next((i for i, t in enumerate(ids) if t in stops), len(ids))
                 text = tokenizer.decode(ids[:n], skip_special_tokens=skip_special_tokens)
-                out.append(Generation(text.strip(), int(mask.sum()), n))
+                out.append(Generation(text.strip(), int(mask.sum()), n, tuple(ids[:n])))
     finally:
         tokenizer.padding_side = old_side
     return out
