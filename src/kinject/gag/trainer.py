@@ -252,7 +252,7 @@ class Stage3Trainer:
                     g = state["global_step"]
                     if (step + 1) % cfg.log_every == 0 or step + 1 == total or step == start:
                         row = {"step": g, "phase": phase.name, "lr": sched.get_last_lr()[0],
-                               "grad_norm": float(gnorm), **{k: float(losses[k]) for k in TERMS}}
+                               "grad_norm": float(gnorm), **{k: float(losses[k].detach()) for k in TERMS}}
                         history.append(row)
                         bar.update(task, description=f"stage III {phase.name} loss {row['loss']:.3f}")
                     if acc.is_main_process and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
