@@ -87,16 +87,20 @@ class InjectedBase:
                 "fingerprint": hashlib.sha256(emb.numpy().tobytes()).hexdigest()[:16]}
 
     # ------------------------------------------------------------------ prompts
-    def prompt_text(self, question: str) -> str:
-        return render(self.tokenizer, gag_messages(question, self.num_slots, self.instruction))
+    def prompt_text(self, question: str, instruction: str | None = None) -> str:
+        """The GAG prompt; `instruction` (e.g. a row's domain instruction) overrides the default."""
+        instr = self.instruction if instruction is None else instruction
+        return render(self.tokenizer, gag_messages(question, self.num_slots, instr))
 
-    def encode_train(self, questions: Sequence[str], answers: Sequence[str], max_length: int = 512) -> TrainBatch:
+    def encode_train(self, questions: Sequence[str], answers: Sequence[str], max_length: int = 512,
+                     instructions: Sequence[str | None] | None = None) -> TrainBatch:
         """Prompt + answer + end of turn, right padded; labels on the answer and end of turn."""
         rows, labels = [], []
-        for q, a in zip(questions, answers, strict=True):
+        instructions = instructions or [None] * len(questions)
+        for q, a, ins in zip(questions, answers, instructions, strict=True):
             # the prompt with its assistant prefix, then the answer: exactly what the chat template
             # renders for with_answer(...) (checked by a unit test)
-            p = self.tokenizer(self.prompt_text(q), add_special_tokens=False)["input_ids"]
+            p = self.tokenizer(self.prompt_text(q, ins), add_special_tokens=False)["input_ids"]
             ans = self.tokenizer(a, add_special_tokens=False)["input_ids"] + [self.end_id]
             if len(p) >= max_length:
                 raise UserError(f"GAG prompt of {len(p)} tokens does not fit max_length {max_length}: {q[:60]!r}")
@@ -138,7 +142,7 @@ class InjectedBase:
 
     @torch.no_grad()
     def generate(self, questions: Sequence[str], z: torch.Tensor, max_new_tokens: int = 32,
-                 batch_size: int = 16, **generate_kwargs):
+                 batch_size: int = 16, instructions: Sequence[str | None] | None = None, **generate_kwargs):
         """Batched greedy answers given `z [N, S, d]`: left-padded prompts, `generate(inputs_embeds=...)`."""
         from kinject.generation import generate_from_embeds
 
@@ -146,9 +150,12 @@ class InjectedBase:
         old = tok.padding_side
         tok.padding_side = "left"
         out = []
+        instructions = instructions or [None] * len(questions)
         try:
             for i in range(0, len(questions), batch_size):
-                enc = tok([self.prompt_text(q) for q in questions[i:i + batch_size]], return_tensors="pt",
+                texts = [self.prompt_text(q, ins) for q, ins in
+                         zip(questions[i:i + batch_size], instructions[i:i + batch_size], strict=True)]
+                enc = tok(texts, return_tensors="pt",
                           padding=True, add_special_tokens=False).to(self.device)
                 emb = self.embed(enc["input_ids"], z[i:i + batch_size].to(self.device))
                 out += generate_from_embeds(self.model, tok, emb, enc["attention_mask"], max_new_tokens,

@@ -50,3 +50,20 @@ class Stage3Config(StageConfig):
     log_every: int = Field(10, ge=1)
     device: str = "auto"
     base_dtype: str = "auto"
+
+
+@register_config
+class GagAnswerConfig(StageConfig):
+    """Online GAG answering: expert -> background -> slots -> injector -> frozen base."""
+
+    kind: str = "gag_answer"
+    expert: str
+    base: str
+    injector: str
+    system: str = ""  # the expert's background system prompt (as in memory_build)
+    instruction: str = ""
+    max_background_tokens: int = 128
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    device: str = "auto"
+    dtype: str = "auto"

@@ -37,6 +37,7 @@ class InjectorConfig(StrictModel):
     # stored: read the store's compressed slots; attention: learned queries over trajectories
     pooling: Literal["stored", "attention"] = "stored"
     store_pooling: str = "segment_softmax"  # how the store's slots were made (pooling: stored)
+    tau: float = 1.0  # the store's softmax temperature (online memories must be made the same way)
     semantic_dim: int = 0  # 0 = no semantic head
     mixer_clamp: float | None = 10.0
     attention_dim: int = 64
@@ -126,6 +127,7 @@ class Injector(nn.Module):
         if self.pooler is None:
             pairs["slots"] = (self.config.slots, meta.slots)
             pairs["pooling"] = (self.config.store_pooling, meta.pooling)
+            pairs["tau"] = (self.config.tau, meta.tau)
         diff = _mismatch(pairs, "injector", where)
         if diff:
             raise UserError(f"memory store does not match the injector: {diff}")

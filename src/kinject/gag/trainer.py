@@ -28,7 +28,7 @@ from kinject.gag.config import PhaseConfig, Stage3Config
 from kinject.gag.injector import Injector, InjectorConfig, memory_batch
 from kinject.gag.losses import diversity_loss, masked_mean, nll_loss, semantic_loss
 from kinject.io import read_jsonl, write_json_atomic, write_jsonl_atomic
-from kinject.memory.store import MemoryStore, item_id
+from kinject.memory.store import MemoryStore, item_id, row_question
 
 CKPT_DIR = "checkpoints"
 TERMS = ("loss", "nll", "sem", "div")
@@ -54,9 +54,13 @@ class Phase:
 def load_phase(name: str, cfg: PhaseConfig) -> Phase:
     store = MemoryStore(cfg.memory)
     rows = []
-    for k, r in enumerate(read_jsonl(cfg.data, required=["question", "answer"])):
-        rows.append({"id": item_id(r), "question": r["question"],
-                     "answer": answer_text(r["answer"], f"{cfg.data}: row {k + 1}")})
+    for k, r in enumerate(read_jsonl(cfg.data), 1):
+        where = f"{cfg.data}: record {k}"
+        if "answer" not in r and "output" not in r:
+            raise UserError(f"{where}: no `answer` (or `output`) field")
+        rows.append({"id": item_id(r), "question": row_question(r, where),
+                     "answer": answer_text(r["answer"] if "answer" in r else r["output"], where),
+                     "instruction": r.get("instruction")})
     rows = rows[: cfg.limit] if cfg.limit else rows
     missing = [r["id"] for r in rows if r["id"] not in store]
     if missing:
@@ -75,9 +79,10 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
 
 def stage3_losses(injector: Injector, base: InjectedBase, rows: list[dict], store: MemoryStore,
                   targets: torch.Tensor | None, w_sem: float, w_div: float, max_length: int = 512) -> dict:
-    """All loss terms for one batch of rows (`id, question, answer`)."""
+    """All loss terms for one batch of rows (`id, question, answer`, optional `instruction`)."""
     z = injector(**memory_batch(injector, store, [r["id"] for r in rows]))
-    tb = base.encode_train([r["question"] for r in rows], [r["answer"] for r in rows], max_length).to(base.device)
+    tb = base.encode_train([r["question"] for r in rows], [r["answer"] for r in rows], max_length,
+                           [r.get("instruction") for r in rows]).to(base.device)
     use_sem = w_sem > 0 and injector.semantic_head is not None and targets is not None
     out = base.forward(z.to(base.device), tb, hidden=use_sem)
     nll = nll_loss(out.logits, tb.labels).to(injector.device)
@@ -168,7 +173,7 @@ class Stage3Trainer:
                 sem_dim = self.encoder.dim
             inj = Injector(InjectorConfig(
                 expert_hidden=meta.expert_hidden, base_hidden=self.base.hidden_size, layers=list(meta.layers),
-                slots=meta.slots, pooling=self.cfg.injector.pooling, store_pooling=meta.pooling,
+                slots=meta.slots, pooling=self.cfg.injector.pooling, store_pooling=meta.pooling, tau=meta.tau,
                 semantic_dim=sem_dim, mixer_clamp=self.cfg.injector.mixer_clamp,
                 attention_dim=self.cfg.injector.attention_dim, expert=meta.expert, base=self.base.identity(),
             ), seed=self.cfg.seed)

@@ -18,21 +18,22 @@ from kinject.io import read_jsonl
 from kinject.memory.compress import compress
 from kinject.memory.config import MemoryBuildConfig
 from kinject.memory.layers import check_layer_keys
-from kinject.memory.store import MemoryStore, StoreMeta, item_id, merge_stores
+from kinject.memory.store import MemoryStore, StoreMeta, item_id, merge_stores, row_question
 
 
 def load_items(cfg: MemoryBuildConfig) -> list[dict]:
-    """Rows with `question` (and `background` for source=given), unique by id, in file order."""
+    """Rows with `question` or `input` (and `background` for source=given), unique by id, in file order."""
     if not cfg.questions:
         raise UserError("memory build: `questions` lists no files")
-    required = ["question", "background"] if cfg.source == "given" else ["question"]
+    required = ["background"] if cfg.source == "given" else []
     items, seen = [], set()
     for path in cfg.questions:
-        for row in read_jsonl(path, required=required):
+        for k, row in enumerate(read_jsonl(path, required=required), 1):
+            q = row_question(row, f"{path}: record {k}")
             i = item_id(row)
             if i not in seen:
                 seen.add(i)
-                items.append({"id": i, "question": row["question"], "background": row.get("background", "")})
+                items.append({"id": i, "question": q, "background": row.get("background", "")})
     return items[: cfg.limit] if cfg.limit else items
 
 
@@ -103,6 +104,7 @@ def build_memory(cfg: MemoryBuildConfig, progress: bool = True) -> dict:
         if rank == 0:
             merge_stores(out, [part_dir(out, r) for r in range(world)], order=[it["id"] for it in items],
                          remove_parts=True)
+            part_dir(out, 0).parent.rmdir()
         dist.barrier()
     return {"samples": len(todo), "skipped": len(mine) - len(todo), "generated_tokens": n_tokens,
             "seconds": round(secs, 3),

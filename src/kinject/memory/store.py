@@ -329,8 +329,18 @@ def merge_stores(target: str | Path, parts: Sequence[str | Path], order: Sequenc
     return out
 
 
+def row_question(row: dict, where: str = "row") -> str:
+    """The question of a data row: `question`, or `input` (the Stage II `{instruction, input,
+    output}` rows of the world's domain QA files)."""
+    for key in ("question", "input"):
+        value = row.get(key)
+        if isinstance(value, str) and value.strip():
+            return value
+    raise UserError(f"{where}: no non-empty `question` (or `input`) field")
+
+
 def item_id(row: dict) -> str:
     """The key joining a data row to its memory: its `id`, else a hash of the question text."""
     if row.get("id") not in (None, ""):
         return str(row["id"])
-    return "q-" + hashlib.sha1(str(row["question"]).encode("utf-8")).hexdigest()[:16]
+    return "q-" + hashlib.sha1(row_question(row).encode("utf-8")).hexdigest()[:16]
