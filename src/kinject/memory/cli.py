@@ -69,5 +69,20 @@ def merge_cmd(
     typer.echo(f"memory store {out}: {len(store)} memories")
 
 
+@memory_app.command("bench")
+def bench_cmd(
+    out: Annotated[Path, typer.Option("--out", help="output directory (bench.json)")] = Path("outputs/bench/memory"),
+    expert: Annotated[str | None, typer.Option(help="expert dir (default: a fresh tiny random one)")] = None,
+    n: Annotated[int, typer.Option(help="questions")] = 64,
+    max_new_tokens: Annotated[int, typer.Option(help="background length cap")] = 64,
+    batch_size: Annotated[int, typer.Option(help="generation batch size")] = 16,
+    dtype: Annotated[str, typer.Option(help="store dtype")] = "float16",
+) -> None:
+    """Measure memory construction: samples/s, tokens/s, bytes/sample vs full trajectories."""
+    from kinject.memory.bench import print_result, run_bench
+
+    typer.echo(print_result(run_bench(out, expert, n, max_new_tokens, batch_size, dtype=dtype)))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(memory_app, name="memory")
