@@ -157,6 +157,21 @@ def test_cli_train_and_one_line_errors(tmp_path, base_dir):
     assert res.returncode == 0, res.stderr
     man = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert man["metrics"]["global_steps"] == 2 and man["command"] == "gag train"
+    ev = subprocess.run([sys.executable, "-m", "kinject.cli", "gag", "eval", "--injector", str(tmp_path / "out" / "injector"),
+                         "--base", str(base_dir), "--memory", cfg.domain.memory, "--data", cfg.domain.data,
+                         "--out", str(tmp_path / "ev"), "--device", "cpu", "--max-new-tokens", "4"],
+                        capture_output=True, text=True)
+    assert ev.returncode == 0, ev.stderr
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "results.jsonl").read_text().splitlines()]
+    assert {(r["method"], r["metric"]) for r in rows} == {(m, k) for m in ("gag", "gag_zero_memory", "gag_foreign_memory")
+                                                          for k in ("em", "f1", "has_answer")}
+    assert all(set(r) == {"method", "dataset", "split", "metric", "value", "n"} and r["n"] == 4 for r in rows)
+    preds = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    from kinject.eval.metrics import exact_match
+
+    em = next(r["value"] for r in rows if r["method"] == "gag" and r["metric"] == "em")
+    assert em == round(sum(exact_match(p["gag"], p["gold"]) for p in preds) / 4, 4)
+    assert len({p["zero_memory"] for p in preds}) == 1  # one question, zeroed memories: one answer
     res = subprocess.run([*cli, "domain.memory=/nonexistent"], capture_output=True, text=True)
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "not a memory store" in lines[0]
