@@ -42,6 +42,7 @@ class InjectorConfig(StrictModel):
     mixer_clamp: float | None = 10.0
     attention_dim: int = 64
     expert: str = ""
+    expert_fingerprint: str = ""  # of the expert that wrote the training memories
     base: dict = {}  # identity of the base it was trained for (see InjectedBase.identity)
 
 
@@ -124,6 +125,8 @@ class Injector(nn.Module):
         """A store (`StoreMeta`) must give the expert dims and layer keys this injector was built for."""
         pairs = {"expert_hidden": (self.config.expert_hidden, meta.expert_hidden),
                  "layers": (self.config.layers, meta.layers)}
+        if self.config.expert_fingerprint and meta.expert_fingerprint:
+            pairs["expert_fingerprint"] = (self.config.expert_fingerprint, meta.expert_fingerprint)
         if self.pooler is None:
             pairs["slots"] = (self.config.slots, meta.slots)
             pairs["pooling"] = (self.config.store_pooling, meta.pooling)

@@ -37,6 +37,12 @@ class GagPipeline:
             raise UserError(f"expert hidden size {ecfg.hidden_size} ({expert}) vs "
                             f"{self.injector.config.expert_hidden} (injector {injector})")
         check_layer_keys(self.injector.config.layers, ecfg.num_hidden_layers)
+        from kinject.memory.background import model_fingerprint
+
+        want = self.injector.config.expert_fingerprint
+        if want and model_fingerprint(self.expert) != want:
+            raise UserError(f"expert {expert} is not the one whose memories trained the injector: fingerprint "
+                            f"{model_fingerprint(self.expert)!r} (expert) vs {want!r} (injector {injector})")
         self.base = InjectedBase.load(base, self.injector.config.slots, device, dtype, instruction, say)
         self.injector.check_base(self.base.identity(), f"base {base}")
         self.injector.to(self.base.device).eval()

@@ -46,7 +46,11 @@ def build_memory(cfg: MemoryBuildConfig, progress: bool = True) -> dict:
     from rich.progress import Progress
 
     from kinject.distributed import rank_and_world
-    from kinject.memory.background import encode_backgrounds, generate_backgrounds
+    from kinject.memory.background import (
+        encode_backgrounds,
+        generate_backgrounds,
+        model_fingerprint,
+    )
     from kinject.models import check_model_dir, load_causal_lm
 
     if cfg.slots < 1:
@@ -58,7 +62,8 @@ def build_memory(cfg: MemoryBuildConfig, progress: bool = True) -> dict:
     model, tok = load_causal_lm(cfg.expert, device=cfg.device, dtype=cfg.model_dtype)
     check_layer_keys(cfg.layers, model.config.num_hidden_layers)
     meta = StoreMeta(expert=str(cfg.expert), expert_hidden=model.config.hidden_size,
-                     expert_layers=model.config.num_hidden_layers, layers=list(cfg.layers),
+                     expert_layers=model.config.num_hidden_layers, expert_fingerprint=model_fingerprint(model),
+                     layers=list(cfg.layers),
                      slots=cfg.slots, pooling=cfg.pooling, tau=cfg.tau, dtype=cfg.dtype,
                      trajectories=cfg.keep_trajectories)
     out = Path(cfg.out)

@@ -50,6 +50,7 @@ class StoreMeta(StrictModel):
     expert: str = ""
     expert_hidden: int
     expert_layers: int = 0
+    expert_fingerprint: str = ""
     layers: list[str]
     slots: int
     pooling: str = "segment_softmax"
@@ -61,7 +62,8 @@ class StoreMeta(StrictModel):
     def signature(self) -> dict:
         """The fields that must match between stores that are merged or resumed."""
         return {k: getattr(self, k) for k in
-                ("expert_hidden", "layers", "slots", "pooling", "tau", "dtype", "trajectories")}
+                ("expert_hidden", "expert_fingerprint", "layers", "slots", "pooling", "tau", "dtype",
+                 "trajectories")}
 
 
 def _mismatch(a: dict, b: dict, what_a: str, what_b: str) -> str | None:
