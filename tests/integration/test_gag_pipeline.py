@@ -89,3 +89,42 @@ def test_memory_train_answer_end_to_end(tmp_path, tiny_model_dir, tiny_tokenizer
                           f"base={tmp_path / 'other'}", "Q?"], capture_output=True, text=True)
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
     assert res.returncode == 2 and len(lines) == 1 and "trained for another base: fingerprint" in lines[0]
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_tokenizer):
+    """Each rank takes batch[rank::2]; averaged gradients equal the full batch's (equal answer lengths)."""
+    import os
+
+    from kinject.memory.store import MemoryStore, StoreMeta
+    from kinject.models import TinySpec, make_tiny_model, save_model
+
+    m = make_tiny_model(TinySpec(vocab=600, hidden=32, layers=2, heads=2, tie_embeddings=False),
+                        tokenizer=tiny_tokenizer, seed=1)
+    m.lm_head.weight.data *= 30
+    save_model(m, tiny_tokenizer, tmp_path / "base")
+    rows = [{"id": f"i{k}", "question": "What is the value?", "answer": [a]}
+            for k, a in enumerate(["Velmora", "Quillex", "Ferovia", "Norland"] * 2)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    st = MemoryStore.create(tmp_path / "mem", StoreMeta(expert_hidden=16, layers=["last", "minus2"], slots=4,
+                                                        dtype="float32"))
+    st.add([{"id": r["id"], "question": r["question"]} for r in rows],
+           torch.randn(8, 2, 4, 16, generator=torch.Generator().manual_seed(0)))
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({
+            "kind": "gag_stage3", "base": str(tmp_path / "base"), "out": str(tmp_path / name), "device": "cpu",
+            "w_sem": 0.0, "log_every": 1,
+            "domain": {"data": str(tmp_path / "d.jsonl"), "memory": str(tmp_path / "mem"), "steps": 2, "lr": 1e-2,
+                       "batch_size": 8}}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("ACCELERATE_USE_CPU", None)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "kinject.cli", "gag", "train", "--config", str(tmp_path / "two.yaml")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run("gag", "train", "--config", str(tmp_path / "one.yaml"))
+    one, two = ([json.loads(line) for line in (tmp_path / n / "history.jsonl").read_text().splitlines()]
+                for n in ("one", "two"))
+    for a, b in zip(one, two):
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)

@@ -257,8 +257,11 @@ class Stage3Trainer:
                     state = {"phase": pi, "phase_step": step + 1, "global_step": state["global_step"] + 1}
                     g = state["global_step"]
                     if (step + 1) % cfg.log_every == 0 or step + 1 == total or step == start:
+                        terms = torch.stack([losses[k].detach().float() for k in TERMS])
+                        if world > 1:  # log the mean over ranks, i.e. over the global batch
+                            terms = acc.reduce(terms, reduction="mean")
                         row = {"step": g, "phase": phase.name, "lr": sched.get_last_lr()[0],
-                               "grad_norm": float(gnorm), **{k: float(losses[k].detach()) for k in TERMS}}
+                               "grad_norm": float(gnorm), **dict(zip(TERMS, terms.tolist()))}
                         history.append(row)
                         bar.update(task, description=f"stage III {phase.name} loss {row['loss']:.3f}")
                     if acc.is_main_process and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
