@@ -50,6 +50,7 @@ class Stage3Config(StageConfig):
     log_every: int = Field(10, ge=1)
     device: str = "auto"
     base_dtype: str = "auto"
+    threads: int | None = None  # torch CPU threads (None: leave as is)
 
 
 @register_config

@@ -140,6 +140,8 @@ class Stage3Trainer:
         from kinject.distributed import make_accelerator
 
         self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         self.say = say or (lambda msg: None)
         self.out = Path(cfg.out)
         self.phases = [load_phase(n, p) for n, p in (("alignment", cfg.alignment), ("domain", cfg.domain))

@@ -22,12 +22,14 @@ RELEASE_LAYERS, RELEASE_BYTES = 5, 4  # the public release: 5 layers of float32 
 
 
 def run_bench(out: Path, expert: str | None = None, n: int = 64, max_new_tokens: int = 64, batch_size: int = 16,
-              hidden: int = 128, layers: int = 6, dtype: str = "float16") -> dict:
+              hidden: int = 128, layers: int = 6, dtype: str = "float16", threads: int | None = 1) -> dict:
     from kinject.memory.build import build_memory
     from kinject.memory.store import MemoryStore
     from kinject.models import TinySpec, count_parameters, make_tiny_model, save_model
     from kinject.tokenizer import BUILTIN_SAMPLE, train_tokenizer
 
+    if threads:  # on a shared, oversubscribed CPU one thread measured several times faster than two
+        torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     if expert is None:
         tok = train_tokenizer(BUILTIN_SAMPLE * 4, vocab_size=1000, min_frequency=1)

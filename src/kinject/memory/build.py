@@ -53,6 +53,8 @@ def build_memory(cfg: MemoryBuildConfig, progress: bool = True) -> dict:
     )
     from kinject.models import check_model_dir, load_causal_lm
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if cfg.slots < 1:
         raise UserError(f"memory build: slots must be >= 1 (got {cfg.slots})")
     # fail fast, before any model loading: layer keys vs the expert's depth, tokenizer present

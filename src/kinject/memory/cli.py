@@ -77,11 +77,12 @@ def bench_cmd(
     max_new_tokens: Annotated[int, typer.Option(help="background length cap")] = 64,
     batch_size: Annotated[int, typer.Option(help="generation batch size")] = 16,
     dtype: Annotated[str, typer.Option(help="store dtype")] = "float16",
+    threads: Annotated[int, typer.Option(help="torch threads (0: leave as is)")] = 1,
 ) -> None:
     """Measure memory construction: samples/s, tokens/s, bytes/sample vs full trajectories."""
     from kinject.memory.bench import print_result, run_bench
 
-    typer.echo(print_result(run_bench(out, expert, n, max_new_tokens, batch_size, dtype=dtype)))
+    typer.echo(print_result(run_bench(out, expert, n, max_new_tokens, batch_size, dtype=dtype, threads=threads)))
 
 
 def register(app: typer.Typer) -> None:

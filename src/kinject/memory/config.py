@@ -29,3 +29,4 @@ class MemoryBuildConfig(StageConfig):
     device: str = "auto"
     model_dtype: str = "auto"
     limit: int | None = None
+    threads: int | None = None  # torch CPU threads (None: leave as is)
