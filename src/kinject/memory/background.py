@@ -67,8 +67,9 @@ def continuation_states(
         mask[i, width - len(r):] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     dev = model.device
+    # logits_to_keep=1: only states are needed; full logits would be [B, T, vocab] (GBs at Qwen scale)
     out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                output_hidden_states=True, use_cache=False)
+                output_hidden_states=True, use_cache=False, logits_to_keep=1)
     hs = out.hidden_states
     result = []
     for i, c in enumerate(continuations):
