@@ -152,16 +152,18 @@ def test_cli_train_and_one_line_errors(tmp_path, base_dir):
     cfg.domain.steps = 2
     path = tmp_path / "s3.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    cli = [sys.executable, "-m", "kinject.cli", "gag", "train", "--config", str(path)]
-    res = subprocess.run(cli, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
+    from typer.testing import CliRunner
+
+    from kinject.cli import app
+
+    res = CliRunner().invoke(app, ["gag", "train", "--config", str(path)])  # in-process: no new interpreter
+    assert res.exit_code == 0, res.output
     man = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert man["metrics"]["global_steps"] == 2 and man["command"] == "gag train"
-    ev = subprocess.run([sys.executable, "-m", "kinject.cli", "gag", "eval", "--injector", str(tmp_path / "out" / "injector"),
-                         "--base", str(base_dir), "--memory", cfg.domain.memory, "--data", cfg.domain.data,
-                         "--out", str(tmp_path / "ev"), "--device", "cpu", "--max-new-tokens", "4"],
-                        capture_output=True, text=True)
-    assert ev.returncode == 0, ev.stderr
+    ev = CliRunner().invoke(app, ["gag", "eval", "--injector", str(tmp_path / "out" / "injector"),
+                                  "--base", str(base_dir), "--memory", cfg.domain.memory, "--data", cfg.domain.data,
+                                  "--out", str(tmp_path / "ev"), "--device", "cpu", "--max-new-tokens", "4"])
+    assert ev.exit_code == 0, ev.output
     rows = [json.loads(line) for line in (tmp_path / "ev" / "results.jsonl").read_text().splitlines()]
     assert {(r["method"], r["metric"]) for r in rows} == {(m, k) for m in ("gag", "gag_zero_memory", "gag_foreign_memory")
                                                           for k in ("em", "f1", "has_answer")}
@@ -172,6 +174,7 @@ def test_cli_train_and_one_line_errors(tmp_path, base_dir):
     em = next(r["value"] for r in rows if r["method"] == "gag" and r["metric"] == "em")
     assert em == round(sum(exact_match(p["gag"], p["gold"]) for p in preds) / 4, 4)
     assert len({p["zero_memory"] for p in preds}) == 1  # one question, zeroed memories: one answer
+    cli = [sys.executable, "-m", "kinject.cli", "gag", "train", "--config", str(path)]
     res = subprocess.run([*cli, "domain.memory=/nonexistent"], capture_output=True, text=True)
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "not a memory store" in lines[0]

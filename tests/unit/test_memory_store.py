@@ -132,46 +132,61 @@ def one_error_line(res, pattern):
     assert pattern in lines[0], lines[0]
 
 
+def invoke(*args):
+    """The CLI in-process (typer's runner): same commands, without a new interpreter per call."""
+    from typer.testing import CliRunner
+
+    from kinject.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
 def test_cli_build_resume_inspect(tmp_path, tiny_model_dir, tiny_tokenizer):
     cfg = write_cfg(tmp_path, tiny_model_dir)
-    res = subprocess.run([*CLI, "memory", "build", "--config", str(cfg), "limit=3"], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    assert "3 memories (3 new, 0 already stored)" in res.stdout
-    res = subprocess.run([*CLI, "memory", "build", "--config", str(cfg)], capture_output=True, text=True)
-    assert "5 memories (2 new, 3 already stored)" in res.stdout, res.stdout + res.stderr
+    res = invoke("memory", "build", "--config", cfg, "limit=3")
+    assert res.exit_code == 0, res.output
+    assert "3 memories (3 new, 0 already stored)" in res.output
+    res = invoke("memory", "build", "--config", cfg)
+    assert "5 memories (2 new, 3 already stored)" in res.output, res.output
     st = MemoryStore(tmp_path / "mem")
     assert len(st) == 5 and st.shape == (2, 4, 64) and len(st.meta.shards) == 3
     assert st.get_batch(st.ids).shape == (5, 2, 4, 64)
     manifest = json.loads((tmp_path / "mem" / "manifest.json").read_text())
     assert manifest["metrics"]["n"] == 5 and manifest["metrics"]["samples"] == 2
-    res = subprocess.run([*CLI, "memory", "inspect", str(tmp_path / "mem")], capture_output=True, text=True)
-    assert res.returncode == 0 and "n: 5" in res.stdout and "full_over_slots_ratio" in res.stdout
-    assert "generated tokens per sample" in res.stdout
+    res = invoke("memory", "inspect", tmp_path / "mem")
+    assert res.exit_code == 0 and "n: 5" in res.output and "full_over_slots_ratio" in res.output
+    assert "generated tokens per sample" in res.output
     # resuming with another expert (same shape, other weights) would mix memories: refused
     from kinject.models import TinySpec, make_tiny_model, save_model
 
     save_model(make_tiny_model(TinySpec(vocab=600, hidden=64, layers=2, heads=4), tokenizer=tiny_tokenizer, seed=5),
                tiny_tokenizer, tmp_path / "other")
-    res = subprocess.run([*CLI, "memory", "build", "--config", str(cfg), f"expert={tmp_path / 'other'}"],
-                         capture_output=True, text=True)
-    one_error_line(res, "expert_fingerprint")
+    res = invoke("memory", "build", "--config", cfg, f"expert={tmp_path / 'other'}")
+    assert isinstance(res.exception, UserError) and "expert_fingerprint" in str(res.exception)
 
 
-def test_cli_bad_inputs(tmp_path, tiny_model_dir):
+def test_bad_inputs_are_user_errors(tmp_path, tiny_model_dir):
     import shutil
 
-    for kw, pattern in [({"layers": ["last", "lastish"]}, "unknown layer key 'lastish'"),
-                        ({"slots": 0}, "slots must be >= 1"),
-                        ({"layers": ["minus5"]}, "only 2 decoder layers")]:
-        res = subprocess.run([*CLI, "memory", "build", "--config", str(write_cfg(tmp_path, tiny_model_dir, **kw))],
-                             capture_output=True, text=True)
-        one_error_line(res, pattern)
+    from kinject.config import load_config
+    from kinject.memory.build import build_memory
+    from kinject.memory.config import MemoryBuildConfig
+
     notok = tmp_path / "notok"
     shutil.copytree(tiny_model_dir, notok)
     for f in notok.glob("tokenizer*"):
         f.unlink()
-    res = subprocess.run([*CLI, "memory", "build", "--config", str(write_cfg(tmp_path, notok))],
+    for model, kw, pattern in [(tiny_model_dir, {"layers": ["last", "lastish"]}, "unknown layer key 'lastish'"),
+                               (tiny_model_dir, {"slots": 0}, "slots must be >= 1"),
+                               (tiny_model_dir, {"layers": ["minus5"]}, "only 2 decoder layers"),
+                               (notok, {}, "no tokenizer files")]:
+        cfg = load_config(write_cfg(tmp_path, model, **kw), expect=MemoryBuildConfig)
+        with pytest.raises(UserError, match=pattern):
+            build_memory(cfg, progress=False)
+    assert not (tmp_path / "mem").exists()  # nothing written
+    # the command line prints them as one `error:` line with exit code 2
+    res = subprocess.run([*CLI, "memory", "build", "--config", str(write_cfg(tmp_path, tiny_model_dir, slots=0))],
                          capture_output=True, text=True)
-    one_error_line(res, "no tokenizer files")
+    one_error_line(res, "slots must be >= 1")
     res = subprocess.run([*CLI, "memory", "inspect", str(tmp_path)], capture_output=True, text=True)
     one_error_line(res, "not a memory store")
