@@ -122,3 +122,15 @@ def test_injector_mismatches_name_both_sides(tmp_path):
     (tmp_path / "bad").mkdir()
     with pytest.raises(UserError, match="not an injector directory"):
         Injector.load(tmp_path / "bad")
+
+
+def test_injector_init_is_seeded_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = Injector(cfg(), seed=4)
+    assert torch.equal(torch.rand(3), expected)
+    b = Injector(cfg(), seed=4)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    c = Injector(cfg(), seed=5)
+    assert not torch.equal(a.projector.proj.weight, c.projector.proj.weight)

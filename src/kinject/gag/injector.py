@@ -57,13 +57,15 @@ class Injector(nn.Module):
         if config.slots < 1:
             raise UserError(f"injector slots must be >= 1 (got {config.slots})")
         self.config = config
-        torch.manual_seed(seed)
         L = len(config.layers)
-        self.pooler = (AttentionSlotPooler(config.expert_hidden, config.slots, config.attention_dim, seed)
-                       if config.pooling == "attention" else None)
-        self.mixer = LayerMixer(L, config.slots, config.mixer_clamp)
-        self.projector = GatedResidualProjector(config.expert_hidden, config.base_hidden)
-        self.semantic_head = SemanticHead(config.base_hidden, config.semantic_dim) if config.semantic_dim else None
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+            torch.manual_seed(seed)
+            self.pooler = (AttentionSlotPooler(config.expert_hidden, config.slots, config.attention_dim, seed)
+                           if config.pooling == "attention" else None)
+            self.mixer = LayerMixer(L, config.slots, config.mixer_clamp)
+            self.projector = GatedResidualProjector(config.expert_hidden, config.base_hidden)
+            self.semantic_head = (SemanticHead(config.base_hidden, config.semantic_dim)
+                                  if config.semantic_dim else None)
         self.float()  # fp32 always (SPEC-GAG)
 
     @property

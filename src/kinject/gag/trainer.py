@@ -149,7 +149,7 @@ class Stage3Trainer:
         if not self.phases:
             raise UserError("gag train: the config has neither an `alignment` nor a `domain` phase")
         self.accelerator = make_accelerator()
-        metas = [(p.name, p.store.meta) for p in self.phases]
+        metas = [(f"{p.name} memory store {p.store.root}", p.store.meta) for p in self.phases]
         if base is None:
             device = str(self.accelerator.device) if cfg.device == "auto" else cfg.device
             slots = metas[0][1].slots
@@ -166,7 +166,7 @@ class Stage3Trainer:
         elif self.cfg.init_injector:
             inj = Injector.load(self.cfg.init_injector)
         else:
-            name, meta = metas[0]
+            meta = metas[0][1]
             sem_dim = 0
             if self.cfg.w_sem > 0:
                 from kinject.gag.encoder import SemanticEncoder
@@ -181,8 +181,8 @@ class Stage3Trainer:
                 expert_fingerprint=meta.expert_fingerprint, base=self.base.identity(),
             ), seed=self.cfg.seed)
         inj.check_base(self.base.identity(), f"base {self.cfg.base}")
-        for name, meta in metas:
-            inj.check_store(meta, f"{name} memory {meta.expert or ''}".strip())
+        for where, meta in metas:
+            inj.check_store(meta, where)
         if inj.config.slots != self.base.num_slots:
             raise UserError(f"injector has {inj.config.slots} slots but the base prompt has {self.base.num_slots} placeholders")
         if self.cfg.w_sem > 0 and inj.semantic_head is None:
