@@ -27,7 +27,7 @@ def _sample(rows: list[dict], n: int, seed: int = 0) -> list[dict]:
     return random.Random(seed).sample(rows, n)
 
 
-def test_sets(world: Path, n: int) -> dict[str, list[tuple[str, list[dict], list[str]]]]:
+def quality_sets(world: Path, n: int) -> dict[str, list[tuple[str, list[dict], list[str]]]]:
     """name -> [(kind, messages, answers)] for every measured test."""
     from kinject.prompts import general_messages, knowledge_messages
     from kinject.world.checks import load_specs
@@ -90,7 +90,7 @@ def measure_quality(foundation: str | Path, world: str | Path, out: str | Path, 
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     f = require_dir(foundation, "foundation directory", "run `kinject world pretrain` or use assets/foundation/tiny")
-    sets = test_sets(Path(world), n)
+    sets = quality_sets(Path(world), n)
     rows, report = [], {}
     for name in models:
         model, tok = load_causal_lm(f / name, device="cpu")
