@@ -30,7 +30,10 @@ def trainer_device_kwargs() -> dict[str, Any]:
     if torch.cuda.is_available():
         return {"ddp_backend": "nccl"} if is_distributed_launch() else {}
     os.environ.setdefault("ACCELERATE_USE_CPU", "1")
-    return {"use_cpu": True, "ddp_backend": "gloo", "bf16": False, "fp16": False}
+    kwargs: dict[str, Any] = {"use_cpu": True, "bf16": False, "fp16": False}
+    if is_distributed_launch():  # a single process must not ask for a process group
+        kwargs["ddp_backend"] = "gloo"
+    return kwargs
 
 
 def rank_and_world() -> tuple[int, int]:
