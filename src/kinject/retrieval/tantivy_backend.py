@@ -115,7 +115,7 @@ class TantivyRetriever(BaseRetriever):
         return self.searcher.num_docs
 
     def _query(self, text: str) -> tantivy.Query | None:
-        terms = list(dict.fromkeys(english_tokens(text)))  # a repeated query word counts once
+        terms = english_tokens(text)  # a repeated word counts twice, as in Lucene/ES and bm25s
         if not terms:
             return None
         per_field = [
