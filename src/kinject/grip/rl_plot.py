@@ -30,8 +30,12 @@ def write_metrics(log_history: list[dict], out_jsonl: str | Path, out_png: str |
     import matplotlib.pyplot as plt
 
     curves = [(k, label) for k, label in CURVES if any(k in r for r in rows)]
-    fig, axes = plt.subplots(1, max(1, len(curves)), figsize=(3.2 * max(1, len(curves)), 2.8), squeeze=False)
-    for ax, (key, label) in zip(axes[0], curves, strict=False):
+    ncols = min(3, max(1, len(curves)))
+    nrows = max(1, -(-len(curves) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(curves):]:
+        ax.axis("off")
+    for ax, (key, label) in zip(axes.flat, curves, strict=False):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".")
         ax.set_title(label, fontsize=9)
