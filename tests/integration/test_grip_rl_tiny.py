@@ -70,8 +70,8 @@ save_steps: 1
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {(r["method"], r["metric"]) for r in results} == {
-        (m, k) for m in ("grip", "grip_rl") for k in ("em", "f1", "avg_retrievals")}
-    assert all(r["dataset"] == "wiki" and r["split"] == "qa_test" and r["n"] == 4 for r in results)
+        (m, k) for m in ("grip", "grip_rl") for k in ("em", "f1", "cover_em", "avg_retrievals")}
+    assert all(r["dataset"] == "wiki" and r["split"] == "test" and r["n"] == 4 for r in results)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["metrics"]["steps"] == 2 and manifest["metrics"]["wall_s_per_step"] > 0
 

@@ -216,3 +216,20 @@ def test_unparseable_reference_turns_are_skipped_and_counted(tmp_path):
     bad.write_text(json.dumps(rows[1]) + "\n")
     with pytest.raises(UserError, match="no usable RL records"):
         load_rl_records(str(bad), "imitation")
+
+
+def test_eval_rows_cover_the_world_subsets(tmp_path, tiny_model_dir, retriever):
+    from kinject.grip.rl_eval import evaluate_agent
+    from kinject.models import load_causal_lm
+
+    f = tmp_path / "wiki" / "qa_test.jsonl"
+    f.parent.mkdir()
+    rows = [{**QA[0], "hops": 1, "popularity": "popular"}, {**QA[1], "hops": 2}, {**QA[2], "popularity": "longtail"}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model, tok = load_causal_lm(tiny_model_dir)
+    results, preds = evaluate_agent(model, tok, retriever, f, "grip", AgentSettings(max_new_tokens=4))
+    assert {(r["dataset"], r["n"]) for r in results} == {("wiki", 3), ("wiki_popular", 1), ("wiki_2hop", 1),
+                                                         ("wiki_longtail", 1)}
+    assert {r["metric"] for r in results} == {"em", "f1", "cover_em", "avg_retrievals"}
+    assert all(r["split"] == "test" and r["method"] == "grip" for r in results)
+    assert len(preds) == 3 and all("n_retrievals" in p and "em" in p for p in preds)
