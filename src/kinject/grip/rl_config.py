@@ -68,6 +68,7 @@ class RLEval(StrictModel):
     files: list[str] = Field(default_factory=list)
     max_examples: int | None = None
     batch_size: int = 32
+    include_start: bool = True  # also evaluate the SFT start (method `grip`); off for extra seeds
 
 
 @register_config

@@ -79,7 +79,7 @@ def run_grip_rl(cfg: GripRLConfig, out: str | Path, force: bool = False) -> dict
                              max_new_tokens=cfg.rollout.max_new_tokens)
     rows: list[dict] = []
     preds: dict[str, list[dict]] = {}
-    if cfg.eval.files:
+    if cfg.eval.files and cfg.eval.include_start:
         with rec.timer("eval_sft"):
             _evaluate(model, tok, retriever, cfg, settings, "grip", rows, preds)
 
