@@ -233,3 +233,35 @@ def test_eval_rows_cover_the_world_subsets(tmp_path, tiny_model_dir, retriever):
     assert {r["metric"] for r in results} == {"em", "f1", "cover_em", "avg_retrievals"}
     assert all(r["split"] == "test" and r["method"] == "grip" for r in results)
     assert len(preds) == 3 and all("n_retrievals" in p and "em" in p for p in preds)
+
+
+def test_turn_sampler_keeps_the_sampled_ids(tiny_tokenizer, tiny_model_dir):
+    from kinject.models import load_causal_lm
+    from kinject.prompts import render
+
+    model, tok = load_causal_lm(tiny_model_dir)
+    torch.manual_seed(0)
+    sampler = TurnSampler(model, tok, max_new_tokens=5, batch_size=2)
+    prompts = [render(tok, [{"role": "user", "content": q["question"]}]) for q in QA]
+    for p, s in zip(prompts, sampler(prompts), strict=True):
+        assert s.prompt_ids == tok(p, add_special_tokens=False).input_ids  # left padding removed
+        assert 1 <= len(s.completion_ids) <= 5
+        if s.truncated:
+            assert len(s.completion_ids) == 5 and not set(s.completion_ids) & set(sampler.stops)
+        else:  # ends with exactly one stop id, which is not in the text
+            assert s.completion_ids[-1] in sampler.stops
+            assert not set(s.completion_ids[:-1]) & set(sampler.stops)
+        body = s.completion_ids if s.truncated else s.completion_ids[:-1]
+        assert s.text == tok.decode(body, skip_special_tokens=False).strip()
+    assert model.training is False  # the sampler restores the mode it found
+
+
+def test_overlong_reward_is_dapo_soft_punishment():
+    from kinject.grip.reward import OutcomeSettings
+    from kinject.grip.rl import make_reward_funcs
+
+    funcs, weights = make_reward_funcs("outcome", OutcomeSettings(), overlong_max=10, overlong_cache=4,
+                                       overlong_enabled=True, overlong_weight=0.5)
+    assert [f.__name__ for f in funcs] == ["outcome_reward", "overlong_reward"] and weights == [1.0, 0.5]
+    got = funcs[1](prompts=[""] * 4, completions=[""] * 4, completion_ids=[[0] * n for n in (6, 8, 10, 11)])
+    assert got == [0.0, pytest.approx(-0.5), pytest.approx(-1.0), -1.0]
