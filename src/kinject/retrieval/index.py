@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from kinject.errors import UserError
-from kinject.io import atomic_dir
+from kinject.io import atomic_dir, write_json_atomic
 from kinject.retrieval.base import (
     META_FILE,
     check_backend,
@@ -75,10 +76,16 @@ def build_index(
             if added == 0:
                 raise UserError(f"{input_path}: no passages to index")
             count = retriever.count()
-            write_meta(tmp, backend, retriever.options(), chunking, {"source_file": str(input_path)})
+            write_meta(tmp, backend, retriever.options(), chunking, {"source_file": str(input_path), "count": count})
         finally:
             retriever.close()
     return IndexReport(str(out), backend, added=added, count=count, read=stats.read, skipped=stats.skipped)
+
+
+def _touch_meta(index: str | os.PathLike, meta: dict, count: int) -> None:
+    """Record the update, so content hashes of the metadata (skip-if-unchanged) see it."""
+    meta.update(count=count, updated=datetime.now(timezone.utc).isoformat(timespec="microseconds"))
+    write_json_atomic(Path(index) / META_FILE, meta)
 
 
 def add_to_index(
@@ -93,6 +100,7 @@ def add_to_index(
     with open_index(index) as r:
         added = r.add(docs, progress=progress)
         count = r.count()
+    _touch_meta(index, meta, count)
     return IndexReport(str(index), meta["backend"], added=added, count=count, read=stats.read, skipped=stats.skipped)
 
 
@@ -103,4 +111,5 @@ def delete_from_index(index: str | os.PathLike, ids_path: str | os.PathLike, bac
     with open_index(index) as r:
         deleted = r.delete(ids)
         count = r.count()
+    _touch_meta(index, meta, count)
     return IndexReport(str(index), meta["backend"], deleted=deleted, count=count)

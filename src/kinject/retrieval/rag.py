@@ -63,6 +63,14 @@ def rag_answer(
     ]
 
 
+def recall_at_k(hits: Sequence[Hit], gold_ids: Sequence[str], k: int) -> float:
+    """Share of the gold passages found in the top k (1-hop: 1 or 0). A chunk `doc#n` counts
+    for its document `doc`."""
+    found = {h.id for h in hits[:k]} | {h.id.rsplit("#", 1)[0] for h in hits[:k]}
+    gold = {str(g) for g in gold_ids}
+    return len(gold & found) / len(gold) if gold else 0.0
+
+
 def _golds(row: dict, where: str) -> list[str]:
     ans = row["answer"]
     golds = [ans] if isinstance(ans, str) else ans
@@ -80,14 +88,18 @@ def rag_eval(cfg, out: Path, progress: bool = True) -> list[dict]:
 
     qpath = require_file(cfg.questions, "questions file")
     rows = read_jsonl(qpath, required=["question", "answer"])
+    if cfg.where:
+        rows = [r for r in rows if all(r.get(key) == v for key, v in cfg.where.items())]
+        if not rows:
+            raise UserError(f"{qpath}: no question matches where={cfg.where}")
     if cfg.limit:
         rows = rows[: cfg.limit]
     questions = []
     for i, r in enumerate(rows, 1):
         if not isinstance(r["question"], str) or not r["question"].strip():
-            raise UserError(f"{qpath}:{i}: empty 'question'")
+            raise UserError(f"{qpath}: record {i} (after filters) has an empty 'question'")
         questions.append(r["question"])
-    golds = [_golds(r, f"{qpath}:{i}") for i, r in enumerate(rows, 1)]
+    golds = [_golds(r, f"{qpath}: record {i} (after filters)") for i, r in enumerate(rows, 1)]
     dataset = cfg.dataset or qpath.stem
     h = inputs_hash(cfg, qpath, Path(cfg.index) / "kinject-index.json", Path(cfg.model) / "config.json")
     if is_complete(out, h) and (out / "results.jsonl").is_file():
@@ -98,10 +110,17 @@ def rag_eval(cfg, out: Path, progress: bool = True) -> list[dict]:
         model, tok = load_causal_lm(cfg.model, device=cfg.device, dtype=cfg.dtype)
         retriever = open_index(cfg.index, cfg.backend)
     kmax = max(cfg.ks)
+    results: list[dict] = []
     with retriever, rec.timer("retrieve"):
         all_hits = retriever.batch_search(questions, kmax)
+    retrieval_method = f"retrieval_{retriever.name}"
+    with_gold = [(hs, r[cfg.gold_field]) for hs, r in zip(all_hits, rows) if isinstance(r.get(cfg.gold_field), list)]
+    for k in sorted(cfg.ks) if with_gold else []:
+        vals = [recall_at_k(hs, g, k) for hs, g in with_gold]
+        results.append({"method": retrieval_method, "dataset": dataset, "split": cfg.split,
+                        "metric": f"recall@{k}", "value": sum(vals) / len(vals), "n": len(vals)})
     closed = [len(tok(render(tok, general_messages(q)), add_special_tokens=False)["input_ids"]) for q in questions]
-    results, preds = [], []
+    preds = []
     for k in sorted(cfg.ks):
         method = f"rag_k{k}"
         with rec.timer(f"generate_k{k}"):
