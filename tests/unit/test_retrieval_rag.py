@@ -106,3 +106,24 @@ def test_recall_at_k_counts_chunks_for_their_document():
     hits = [Hit("d1#2", "", "", 1.0), Hit("x", "", "", 0.5)]
     assert recall_at_k(hits, ["d1"], 1) == 1.0 and recall_at_k(hits, ["x"], 1) == 0.0
     assert recall_at_k(hits, ["x", "d1"], 2) == 1.0
+
+
+def test_demo_stage_on_a_small_world(tmp_path, tiny_model_dir):
+    from kinject.demo import DemoContext
+    from kinject.retrieval.demo_stages import retrieval_stage
+
+    world, foundation = tmp_path / "world", tmp_path / "foundation"
+    (world / "wiki").mkdir(parents=True)
+    foundation.mkdir()
+    (foundation / "base").symlink_to(tiny_model_dir)
+    (world / "wiki/passages.tsv").write_text(
+        "id\ttext\ttitle\n" + "".join(f"{p['id']}\t{p['text']}\t{p['title']}\n" for p in PASSAGES))
+    (world / "wiki/qa_test.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    ctx = DemoContext(out=tmp_path / "demo", quick=True, artifacts={"world": world, "foundation": foundation})
+    retrieval_stage(ctx, tmp_path / "demo/retrieval")
+    assert ctx.artifacts["wiki_index"] == tmp_path / "demo/retrieval/wiki_index"
+    assert ctx.summary["retrieval: retrieval_tantivy recall@3 (wiki 1-hop test)"] == 1.0
+    assert "retrieval: rag_k3 em (wiki 1-hop test)" in ctx.summary
+    empty = DemoContext(out=tmp_path / "d2", quick=True)
+    retrieval_stage(empty, tmp_path / "d2/retrieval")
+    assert "wiki_index" not in empty.artifacts
