@@ -77,6 +77,7 @@ def test_skip_bad(files):
     (("search", "--index", "{idx}", "--backend", "dense", "Moses"), "built by backend 'tantivy'"),
     (("search", "--index", "{idx}"), "give either a query"),
     (("index", "add", "--index", "{idx}", "--input", "{tmp}/bad.tsv"), "bad.tsv:3"),
+    (("index", "build", "--opt", "heap=3", "--input", "{tmp}/psgs.tsv", "--out", "{tmp}/x"), "unknown option(s) heap"),
     (("index", "build", "--backend", "nope", "--input", "{tmp}/psgs.tsv", "--out", "{tmp}/x"), "unknown retrieval backend"),
 ])
 def test_user_errors(files, args, pattern):

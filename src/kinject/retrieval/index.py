@@ -8,6 +8,7 @@ directory that looks like an index (and an existing index stays intact until the
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -47,6 +48,18 @@ class IndexReport:
         return dict(self.__dict__)
 
 
+def check_options(cls, backend: str, options: dict) -> None:
+    """Unknown backend options are a user error naming the valid ones (not a TypeError)."""
+    valid = set()
+    for fn in (cls.create, cls.__init__):
+        valid |= {n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD
+                  or p.kind is p.KEYWORD_ONLY}
+    valid -= {"self", "cls", "path", "parts"}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise UserError(f"unknown option(s) {', '.join(unknown)} for backend {backend!r}; valid: {', '.join(sorted(valid))}")
+
+
 def build_index(
     input_path: str | os.PathLike,
     out: str | os.PathLike,
@@ -58,6 +71,7 @@ def build_index(
     progress: bool = True,
 ) -> IndexReport:
     cls = get_backend(backend)
+    check_options(cls, backend, options or {})
     out = Path(out)
     if chunk_words:
         check_chunking(chunk_words, chunk_overlap)
