@@ -42,6 +42,7 @@ def index(tmp_path_factory):
 def test_format_passages_once():
     hits = [Hit("a", "T1", "first  passage\ntext", 2.0), Hit("b", "", "second", 1.0)]
     assert format_passages(hits) == "[1] T1: first passage text\n[2] second"
+    assert format_passages(hits, "plain") == "first passage text second"
     msg = rag_messages("Q?", hits, instruction="Be brief.")[0]["content"]
     assert msg.startswith("Be brief.\n" + KNOWLEDGE_REQUEST) and "Question: Q?\nKnowledge: [1] T1: first" in msg
 

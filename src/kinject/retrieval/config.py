@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -22,6 +22,7 @@ class RagEvalConfig(StageConfig):
     dataset: str = ""  # default: the questions file's stem
     split: str = "test"
     instruction: str = ""
+    passage_format: Literal["numbered", "plain"] = "numbered"  # see kinject.retrieval.rag
     max_new_tokens: int = 32
     batch_size: int = 16
     limit: int | None = None  # first N questions only
