@@ -67,7 +67,9 @@ def test_skip_bad(files):
     one_error(res, "bad.tsv:3: expected 3 tab-separated columns")
     assert not (files / "bad-idx").exists()
     res = run("index", "build", "--input", files / "bad.tsv", "--out", files / "bad-idx", "--skip-bad", "--quiet")
-    assert res.returncode == 0 and json.loads(res.stdout)["skipped"] == 1
+    rep = json.loads(res.stdout)
+    assert res.returncode == 0 and rep["skipped"] == 1 and rep["problems"][0].endswith(
+        "bad.tsv:3: expected 3 tab-separated columns, got 2")
 
 
 @pytest.mark.parametrize("args, pattern", [

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ class IndexReport:
     count: int = 0
     read: int = 0
     skipped: int = 0
+    problems: list[str] = field(default_factory=list)  # the first skipped lines (--skip-bad)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -93,7 +94,8 @@ def build_index(
             write_meta(tmp, backend, retriever.options(), chunking, {"source_file": str(input_path), "count": count})
         finally:
             retriever.close()
-    return IndexReport(str(out), backend, added=added, count=count, read=stats.read, skipped=stats.skipped)
+    return IndexReport(str(out), backend, added=added, count=count, read=stats.read, skipped=stats.skipped,
+                       problems=stats.problems)
 
 
 def _touch_meta(index: str | os.PathLike, meta: dict, count: int) -> None:
@@ -115,7 +117,8 @@ def add_to_index(
         added = r.add(docs, progress=progress)
         count = r.count()
     _touch_meta(index, meta, count)
-    return IndexReport(str(index), meta["backend"], added=added, count=count, read=stats.read, skipped=stats.skipped)
+    return IndexReport(str(index), meta["backend"], added=added, count=count, read=stats.read, skipped=stats.skipped,
+                       problems=stats.problems)
 
 
 def delete_from_index(index: str | os.PathLike, ids_path: str | os.PathLike, backend: str | None = None) -> IndexReport:
