@@ -69,3 +69,27 @@ def test_best_fields_parity_with_titles(tmp_path, corpus):
     overlap = _overlap(ref_top, got)
     print(f"best_fields top-10 overlap: {overlap:.4f}")
     assert overlap >= 0.9
+
+
+def test_synthetic_corpus_is_deterministic():
+    a, b = SyntheticCorpus(300, seed=3), SyntheticCorpus(300, seed=3)
+    assert list(a.docs()) == list(b.docs()) and a.queries(20) == b.queries(20)
+    docs = list(a.docs())
+    assert len(docs) == 300 and all(len(d.text.split()) == 100 for d in docs)
+    assert list(SyntheticCorpus(300, seed=4).docs()) != docs
+    for q, target in a.queries(20):
+        assert set(q.split()) <= set(docs[int(target[1:])].text.split())
+
+
+def test_bench_writes_json(tmp_path):
+    import json
+
+    from kinject.retrieval.bench import run_bench
+
+    report = run_bench(tmp_path, [1500], ["tantivy", "bm25s"], n_queries=50)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["results"] == report["results"] and not (tmp_path / "work").exists()
+    for r in saved["results"]:
+        assert r["n_docs"] == 1500 and r["batched_equals_single"] and r["target_at_10"] >= 0.9
+        assert r["build_docs_per_s"] > 0 and r["single_qps"] > 0 and r["batched_qps"] > 0 and r["index_bytes"] > 0
+    assert saved["tantivy_vs_bm25s_qps"][0]["corpus_size"] == 1500
