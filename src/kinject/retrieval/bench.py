@@ -137,28 +137,31 @@ def run_bench(out: str | os.PathLike, sizes: list[int], backends: list[str], den
               "settings": {"sizes": sizes, "backends": backends, "dense_max": dense_max, "queries": n_queries,
                            "words_per_passage": words, "seed": seed},
               "results": results}
-    for n in sizes:
-        corpus = SyntheticCorpus(n, words=words, seed=seed)
-        with _Clock() as gen:  # generating the passages is part of every build time below
-            pairs = corpus.queries(n_queries)
-        report.setdefault("corpus_generation_s", {})[str(n)] = round(gen.wall, 2)
-        queries, targets = [q for q, _ in pairs], [t for _, t in pairs]
-        for backend in backends:
-            if backend == "bm25s":
-                res = bench_bm25s(corpus.docs(), n, queries, targets, work, threads)
-            elif backend == "dense":
-                m = min(n, dense_max)
-                sub = SyntheticCorpus(m, words=words, seed=seed) if m < n else corpus
-                # same queries; target_at_10 counts only those whose passage is in the subsample
-                res = bench_retriever("dense", sub.docs(), m, queries, targets, work, threads,
-                                      indexed=lambda t, m=m: int(t[1:]) < m)
-            else:
-                res = bench_retriever(backend, corpus.docs(), n, queries, targets, work, threads,
-                                      {"writer_threads": threads})
-            res.update({"backend": backend, "corpus_size": n})
-            results.append(res)
-            write_json_atomic(out / "bench.json", report)  # partial results survive a long run
-            shutil.rmtree(work / backend, ignore_errors=True)
+    try:
+        for n in sizes:
+            corpus = SyntheticCorpus(n, words=words, seed=seed)
+            with _Clock() as gen:  # generating the passages is part of every build time below
+                pairs = corpus.queries(n_queries)
+            report.setdefault("corpus_generation_s", {})[str(n)] = round(gen.wall, 2)
+            queries, targets = [q for q, _ in pairs], [t for _, t in pairs]
+            for backend in backends:
+                if backend == "bm25s":
+                    res = bench_bm25s(corpus.docs(), n, queries, targets, work, threads)
+                elif backend == "dense":
+                    m = min(n, dense_max)
+                    sub = SyntheticCorpus(m, words=words, seed=seed) if m < n else corpus
+                    # same queries; target_at_10 counts only those whose passage is in the subsample
+                    res = bench_retriever("dense", sub.docs(), m, queries, targets, work, threads,
+                                          indexed=lambda t, m=m: int(t[1:]) < m)
+                else:
+                    res = bench_retriever(backend, corpus.docs(), n, queries, targets, work, threads,
+                                          {"writer_threads": threads})
+                res.update({"backend": backend, "corpus_size": n})
+                results.append(res)
+                write_json_atomic(out / "bench.json", report)  # partial results survive a long run
+                shutil.rmtree(work / backend, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # scratch indexes, also after an interruption
     tq = {(r["corpus_size"], r["backend"]): r for r in results}
     report["tantivy_vs_bm25s_qps"] = [
         {"corpus_size": n, "single": round(tq[(n, "tantivy")]["single_qps"] / tq[(n, "bm25s")]["single_qps"], 3),
@@ -166,5 +169,4 @@ def run_bench(out: str | os.PathLike, sizes: list[int], backends: list[str], den
         for n in sizes if (n, "tantivy") in tq and (n, "bm25s") in tq
     ]
     write_json_atomic(out / "bench.json", report)
-    shutil.rmtree(work, ignore_errors=True)
     return report
