@@ -92,11 +92,14 @@ class TantivyRetriever(BaseRetriever):
     def add(self, docs: Iterable[Doc], progress: bool = False) -> int:
         writer = self._writer()
         upsert = self.count() > 0
+        seen: set[str] = set()  # into an empty index: delete only when an id repeats (cheaper)
         n = 0
         try:
             for d in progress_iter(docs, "indexing (tantivy)", progress):
-                if upsert:
-                    writer.delete_documents_by_term("id", d.id)
+                if upsert or d.id in seen:
+                    writer.delete_documents_by_term("id", d.id)  # removes the earlier copy: last one wins
+                else:
+                    seen.add(d.id)
                 writer.add_document(tantivy.Document(id=d.id, source=d.source, title=d.title, text=d.text))
                 n += 1
             writer.commit()
