@@ -138,6 +138,15 @@ def test_add_delete_upsert_and_restart(tmp_path, index):
     assert json.loads(res.stdout) == [4, "cat5", []]
 
 
+def test_bad_line_in_an_added_file_changes_nothing(tmp_path, index):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "new1", "text": "cobalt"}) + "\n{broken\n")
+    with pytest.raises(UserError, match=r"bad\.jsonl:2: malformed JSON"):
+        add_to_index(index, bad, progress=False)
+    with open_index(index) as r:
+        assert r.count() == 4 and r.search("cobalt", 5) == []
+
+
 def test_repeated_ids_in_one_build_keep_the_last(tmp_path):
     src = write_jsonl(tmp_path / "dup.jsonl", [PASSAGES[0], {**PASSAGES[0], "text": "Zorvanite melts at 1500 kelvin."},
                                                PASSAGES[1]])

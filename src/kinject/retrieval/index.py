@@ -112,7 +112,8 @@ def add_to_index(
     check_backend(meta, index, backend)
     chunking = meta.get("chunking") or {}
     stats = IngestStats()
-    docs = chunk_docs(read_passages(input_path, skip_bad, stats), chunking.get("words"), chunking.get("overlap", 0))
+    # read (and validate) everything before touching the index: a bad line changes nothing
+    docs = list(chunk_docs(read_passages(input_path, skip_bad, stats), chunking.get("words"), chunking.get("overlap", 0)))
     with open_index(index) as r:
         added = r.add(docs, progress=progress)
         count = r.count()
