@@ -138,6 +138,24 @@ def test_add_delete_upsert_and_restart(tmp_path, index):
     assert json.loads(res.stdout) == [4, "cat5", []]
 
 
+def test_bad_line_in_an_added_file_changes_nothing(tmp_path, index):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "new1", "text": "cobalt"}) + "\n{broken\n")
+    with pytest.raises(UserError, match=r"bad\.jsonl:2: malformed JSON"):
+        add_to_index(index, bad, progress=False)
+    with open_index(index) as r:
+        assert r.count() == 4 and r.search("cobalt", 5) == []
+
+
+def test_repeated_ids_in_one_build_keep_the_last(tmp_path):
+    src = write_jsonl(tmp_path / "dup.jsonl", [PASSAGES[0], {**PASSAGES[0], "text": "Zorvanite melts at 1500 kelvin."},
+                                               PASSAGES[1]])
+    assert build_index(src, tmp_path / "idx", progress=False).count == 2
+    with open_index(tmp_path / "idx") as r:
+        hits = r.search("zorvanite kelvin", 10)
+        assert [h.id for h in hits].count("cat1") == 1 and "1500" in hits[0].text
+
+
 def test_delete_a_document_removes_all_its_chunks(tmp_path):
     long_doc = {"id": "big", "title": "Manual", "text": " ".join(f"step{i} torque" for i in range(30))}
     src = write_jsonl(tmp_path / "d.jsonl", [long_doc, PASSAGES[0]])

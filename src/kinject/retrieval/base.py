@@ -73,6 +73,13 @@ def check_query(query: str, k: int) -> None:
     check_k(k)
 
 
+def check_queries(queries: Sequence[str], k: int) -> None:
+    check_k(k)
+    for i, q in enumerate(queries):
+        if not isinstance(q, str) or not q.strip():
+            raise UserError(f"empty query at position {i}: every query needs at least one word")
+
+
 def check_k(k: int) -> None:
     if not isinstance(k, int) or k <= 0:
         raise UserError(f"k must be a positive integer, got {k!r}")
@@ -106,10 +113,7 @@ class BaseRetriever:
         return self._search(query, k)
 
     def batch_search(self, queries: Sequence[str], k: int = 10, threads: int | None = None) -> list[list[Hit]]:
-        check_k(k)
-        for i, q in enumerate(queries):
-            if not isinstance(q, str) or not q.strip():
-                raise UserError(f"empty query at position {i}: every query needs at least one word")
+        check_queries(queries, k)
         n = threads or self.default_threads
         if n <= 1 or len(queries) < 2:
             return [self._search(q, k) for q in queries]

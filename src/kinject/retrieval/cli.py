@@ -108,14 +108,13 @@ def search(
 ) -> None:
     """Search an index: one query -> JSON hits; --queries FILE --out FILE -> JSONL of {question, hits}."""
     from kinject.io import write_jsonl_atomic
-    from kinject.retrieval.base import check_k, open_index, read_meta
+    from kinject.retrieval.base import check_k, open_index
 
     if (query is None) == (queries is None):
         raise UserError('give either a query ("...") or --queries FILE, not both')
     if queries is not None and out is None:
         raise UserError("--queries needs --out FILE for the JSONL results")
     check_k(k)
-    read_meta(index)  # clear error for a missing / incomplete index before loading anything
     with open_index(index, backend) as r:
         if query is not None:
             _echo([h.to_dict() for h in r.search(query, k)])

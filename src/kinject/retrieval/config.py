@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import Field, field_validator
 
 from kinject.config import StageConfig, register_config
@@ -20,9 +22,12 @@ class RagEvalConfig(StageConfig):
     dataset: str = ""  # default: the questions file's stem
     split: str = "test"
     instruction: str = ""
+    passage_format: Literal["numbered", "plain"] = "numbered"  # see kinject.retrieval.rag
     max_new_tokens: int = 32
     batch_size: int = 16
     limit: int | None = None  # first N questions only
+    where: dict[str, Any] = {}  # keep rows whose fields equal these values, e.g. {hops: 1}
+    gold_field: str = "gold_passage_ids"  # when rows have it: recall@k of the retriever too
     device: str = "auto"
     dtype: str = "auto"
 

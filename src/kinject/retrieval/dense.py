@@ -18,7 +18,14 @@ import numpy as np
 
 from kinject.errors import UserError
 from kinject.io import atomic_path
-from kinject.retrieval.base import BaseRetriever, Doc, Hit, progress_iter, register_backend
+from kinject.retrieval.base import (
+    BaseRetriever,
+    Doc,
+    Hit,
+    check_queries,
+    progress_iter,
+    register_backend,
+)
 
 FAISS_FILE = "dense.faiss"
 DOCS_FILE = "docs.sqlite"
@@ -210,10 +217,7 @@ class DenseRetriever(BaseRetriever):
         return [self._hits(s, r) for s, r in zip(scores, rids)]
 
     def batch_search(self, queries: Sequence[str], k: int = 10, threads: int | None = None) -> list[list[Hit]]:
-        super().batch_search([], k)  # argument checks only
-        for i, q in enumerate(queries):
-            if not isinstance(q, str) or not q.strip():
-                raise UserError(f"empty query at position {i}: every query needs at least one word")
+        check_queries(queries, k)
         out: list[list[Hit]] = []
         for chunk in _batched(queries, 1024):
             out.extend(self._search_many(chunk, k))

@@ -15,7 +15,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from kinject.errors import UserError
-from kinject.retrieval.base import BaseRetriever, Doc, Hit, progress_iter, register_backend
+from kinject.retrieval.base import (
+    BaseRetriever,
+    Doc,
+    Hit,
+    check_queries,
+    progress_iter,
+    register_backend,
+)
 
 SETTINGS = {"number_of_shards": 1, "number_of_replicas": 0}
 MAPPINGS = {
@@ -112,10 +119,7 @@ class ElasticsearchRetriever(BaseRetriever):
         return self._hits(self.es.search(index=self.index_name, **es_query(query, k)))
 
     def batch_search(self, queries: Sequence[str], k: int = 10, threads: int | None = None) -> list[list[Hit]]:
-        super().batch_search([], k)
-        for i, q in enumerate(queries):
-            if not isinstance(q, str) or not q.strip():
-                raise UserError(f"empty query at position {i}: every query needs at least one word")
+        check_queries(queries, k)
         out: list[list[Hit]] = []
         for s in range(0, len(queries), 256):
             body: list[dict] = []

@@ -8,13 +8,15 @@ directory that looks like an index (and an existing index stays intact until the
 
 from __future__ import annotations
 
+import inspect
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from kinject.errors import UserError
-from kinject.io import atomic_dir
+from kinject.io import atomic_dir, write_json_atomic
 from kinject.retrieval.base import (
     META_FILE,
     check_backend,
@@ -41,9 +43,22 @@ class IndexReport:
     count: int = 0
     read: int = 0
     skipped: int = 0
+    problems: list[str] = field(default_factory=list)  # the first skipped lines (--skip-bad)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+def check_options(cls, backend: str, options: dict) -> None:
+    """Unknown backend options are a user error naming the valid ones (not a TypeError)."""
+    valid = set()
+    for fn in (cls.create, cls.__init__):
+        valid |= {n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD
+                  or p.kind is p.KEYWORD_ONLY}
+    valid -= {"self", "cls", "path", "parts"}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise UserError(f"unknown option(s) {', '.join(unknown)} for backend {backend!r}; valid: {', '.join(sorted(valid))}")
 
 
 def build_index(
@@ -57,6 +72,7 @@ def build_index(
     progress: bool = True,
 ) -> IndexReport:
     cls = get_backend(backend)
+    check_options(cls, backend, options or {})
     out = Path(out)
     if chunk_words:
         check_chunking(chunk_words, chunk_overlap)
@@ -75,10 +91,17 @@ def build_index(
             if added == 0:
                 raise UserError(f"{input_path}: no passages to index")
             count = retriever.count()
-            write_meta(tmp, backend, retriever.options(), chunking, {"source_file": str(input_path)})
+            write_meta(tmp, backend, retriever.options(), chunking, {"source_file": str(input_path), "count": count})
         finally:
             retriever.close()
-    return IndexReport(str(out), backend, added=added, count=count, read=stats.read, skipped=stats.skipped)
+    return IndexReport(str(out), backend, added=added, count=count, read=stats.read, skipped=stats.skipped,
+                       problems=stats.problems)
+
+
+def _touch_meta(index: str | os.PathLike, meta: dict, count: int) -> None:
+    """Record the update, so content hashes of the metadata (skip-if-unchanged) see it."""
+    meta.update(count=count, updated=datetime.now(timezone.utc).isoformat(timespec="microseconds"))
+    write_json_atomic(Path(index) / META_FILE, meta)
 
 
 def add_to_index(
@@ -89,11 +112,14 @@ def add_to_index(
     check_backend(meta, index, backend)
     chunking = meta.get("chunking") or {}
     stats = IngestStats()
-    docs = chunk_docs(read_passages(input_path, skip_bad, stats), chunking.get("words"), chunking.get("overlap", 0))
+    # read (and validate) everything before touching the index: a bad line changes nothing
+    docs = list(chunk_docs(read_passages(input_path, skip_bad, stats), chunking.get("words"), chunking.get("overlap", 0)))
     with open_index(index) as r:
         added = r.add(docs, progress=progress)
         count = r.count()
-    return IndexReport(str(index), meta["backend"], added=added, count=count, read=stats.read, skipped=stats.skipped)
+    _touch_meta(index, meta, count)
+    return IndexReport(str(index), meta["backend"], added=added, count=count, read=stats.read, skipped=stats.skipped,
+                       problems=stats.problems)
 
 
 def delete_from_index(index: str | os.PathLike, ids_path: str | os.PathLike, backend: str | None = None) -> IndexReport:
@@ -103,4 +129,5 @@ def delete_from_index(index: str | os.PathLike, ids_path: str | os.PathLike, bac
     with open_index(index) as r:
         deleted = r.delete(ids)
         count = r.count()
+    _touch_meta(index, meta, count)
     return IndexReport(str(index), meta["backend"], deleted=deleted, count=count)

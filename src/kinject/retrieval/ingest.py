@@ -92,6 +92,7 @@ def _read_tsv(p: Path, skip_bad: bool, stats: IngestStats) -> Iterator[Doc]:
 
 
 def _read_jsonl(p: Path, skip_bad: bool, stats: IngestStats) -> Iterator[Doc]:
+    # not kinject.io.iter_jsonl: that stops at the first bad line, --skip-bad must go on
     with p.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():

@@ -2,14 +2,16 @@
 (`kinject.prompts.knowledge_messages`, the format GAG and text injection share), and answer
 with batched greedy decoding (`kinject.generation.generate_texts`, left padding).
 
-Passages are formatted by `format_passages` only: one line per passage, `[i] title: text`.
+Passages are formatted by `format_passages` only: one line per passage, `[i] title: text`
+(style "numbered", the default), or the bodies joined by spaces (style "plain": the shape of
+the tiny world's reading-comprehension examples, whose knowledge is plain sentences).
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from kinject.errors import UserError
@@ -20,8 +22,15 @@ from kinject.retrieval.base import BaseRetriever, Hit
 METRICS = ("em", "f1", "has_answer")
 
 
-def format_passages(hits: Sequence[Hit]) -> str:
-    """`[1] title: text` lines (`[1] text` when a passage has no title)."""
+PASSAGE_STYLES = ("numbered", "plain")
+
+
+def format_passages(hits: Sequence[Hit], style: str = "numbered") -> str:
+    """`[1] title: text` lines (`[1] text` when a passage has no title), or plain bodies."""
+    if style == "plain":
+        return " ".join(" ".join(h.text.split()) for h in hits)
+    if style != "numbered":
+        raise UserError(f"unknown passage style {style!r}; choose one of {', '.join(PASSAGE_STYLES)}")
     lines = []
     for i, h in enumerate(hits, 1):
         body = " ".join(h.text.split())
@@ -29,8 +38,8 @@ def format_passages(hits: Sequence[Hit]) -> str:
     return "\n".join(lines)
 
 
-def rag_messages(question: str, hits: Sequence[Hit], instruction: str = "") -> list[dict]:
-    return knowledge_messages(question, format_passages(hits), instruction)
+def rag_messages(question: str, hits: Sequence[Hit], instruction: str = "", style: str = "numbered") -> list[dict]:
+    return knowledge_messages(question, format_passages(hits, style), instruction)
 
 
 @dataclass
@@ -41,13 +50,12 @@ class RagOutput:
     answer: str
     n_prompt_tokens: int = 0
     n_new_tokens: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def rag_answer(
     model, tokenizer, retriever: BaseRetriever, questions: Sequence[str], k: int,
     max_new_tokens: int = 32, batch_size: int = 16, instruction: str = "",
-    hits: Sequence[Sequence[Hit]] | None = None,
+    hits: Sequence[Sequence[Hit]] | None = None, style: str = "numbered",
 ) -> list[RagOutput]:
     """Answer each question from its top-k passages (pass `hits` to reuse a retrieval)."""
     from kinject.generation import generate_texts
@@ -55,12 +63,20 @@ def rag_answer(
     if hits is None:
         hits = retriever.batch_search(list(questions), k)
     hits = [list(h[:k]) for h in hits]
-    prompts = [render(tokenizer, rag_messages(q, h, instruction)) for q, h in zip(questions, hits, strict=True)]
+    prompts = [render(tokenizer, rag_messages(q, h, instruction, style)) for q, h in zip(questions, hits, strict=True)]
     gens = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return [
         RagOutput(q, h, p, g.text, g.n_prompt_tokens, g.n_new_tokens)
         for q, h, p, g in zip(questions, hits, prompts, gens, strict=True)
     ]
+
+
+def recall_at_k(hits: Sequence[Hit], gold_ids: Sequence[str], k: int) -> float:
+    """Share of the gold passages found in the top k (1-hop: 1 or 0). A chunk `doc#n` counts
+    for its document `doc`."""
+    found = {h.id for h in hits[:k]} | {h.id.rsplit("#", 1)[0] for h in hits[:k]}
+    gold = {str(g) for g in gold_ids}
+    return len(gold & found) / len(gold) if gold else 0.0
 
 
 def _golds(row: dict, where: str) -> list[str]:
@@ -80,14 +96,18 @@ def rag_eval(cfg, out: Path, progress: bool = True) -> list[dict]:
 
     qpath = require_file(cfg.questions, "questions file")
     rows = read_jsonl(qpath, required=["question", "answer"])
+    if cfg.where:
+        rows = [r for r in rows if all(r.get(key) == v for key, v in cfg.where.items())]
+        if not rows:
+            raise UserError(f"{qpath}: no question matches where={cfg.where}")
     if cfg.limit:
         rows = rows[: cfg.limit]
     questions = []
     for i, r in enumerate(rows, 1):
         if not isinstance(r["question"], str) or not r["question"].strip():
-            raise UserError(f"{qpath}:{i}: empty 'question'")
+            raise UserError(f"{qpath}: record {i} (after filters) has an empty 'question'")
         questions.append(r["question"])
-    golds = [_golds(r, f"{qpath}:{i}") for i, r in enumerate(rows, 1)]
+    golds = [_golds(r, f"{qpath}: record {i} (after filters)") for i, r in enumerate(rows, 1)]
     dataset = cfg.dataset or qpath.stem
     h = inputs_hash(cfg, qpath, Path(cfg.index) / "kinject-index.json", Path(cfg.model) / "config.json")
     if is_complete(out, h) and (out / "results.jsonl").is_file():
@@ -98,15 +118,22 @@ def rag_eval(cfg, out: Path, progress: bool = True) -> list[dict]:
         model, tok = load_causal_lm(cfg.model, device=cfg.device, dtype=cfg.dtype)
         retriever = open_index(cfg.index, cfg.backend)
     kmax = max(cfg.ks)
+    results: list[dict] = []
     with retriever, rec.timer("retrieve"):
         all_hits = retriever.batch_search(questions, kmax)
+    retrieval_method = f"retrieval_{retriever.name}"
+    with_gold = [(hs, r[cfg.gold_field]) for hs, r in zip(all_hits, rows) if isinstance(r.get(cfg.gold_field), list)]
+    for k in sorted(cfg.ks) if with_gold else []:
+        vals = [recall_at_k(hs, g, k) for hs, g in with_gold]
+        results.append({"method": retrieval_method, "dataset": dataset, "split": cfg.split,
+                        "metric": f"recall@{k}", "value": sum(vals) / len(vals), "n": len(vals)})
     closed = [len(tok(render(tok, general_messages(q)), add_special_tokens=False)["input_ids"]) for q in questions]
-    results, preds = [], []
+    preds = []
     for k in sorted(cfg.ks):
         method = f"rag_k{k}"
         with rec.timer(f"generate_k{k}"):
             outs = rag_answer(model, tok, retriever, questions, k, cfg.max_new_tokens, cfg.batch_size,
-                              cfg.instruction, hits=all_hits)
+                              cfg.instruction, hits=all_hits, style=cfg.passage_format)
         for m in METRICS:
             vals = [ANSWER_METRICS[m](o.answer, g) for o, g in zip(outs, golds)]
             results.append({"method": method, "dataset": dataset, "split": cfg.split, "metric": m,

@@ -19,6 +19,7 @@ _CONS = list("bcdfghklmnprstvz") + ["ch", "sh", "th", "tr", "st"]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ea"]
 _SUFFIXES = ["", "", "", "s", "ing", "ed", "er", "ly", "ation", "ness", "es"]
 _FUNCTION = "the of and to in is was for on with as by at from that which are it an be".split()
+_FUNCTION_SET = frozenset(_FUNCTION)
 
 
 def make_vocab(n_stems: int, seed: int) -> np.ndarray:
@@ -62,7 +63,8 @@ class SyntheticCorpus:
                 yield Doc(id=f"p{start + i}", title=" ".join(title[i]).title(), text=" ".join(body[i]))
 
     def queries(self, n: int, words: int = 6) -> list[tuple[str, str]]:
-        """`n` (query, target passage id) pairs: `words` words sampled from the target passage."""
+        """`n` (query, target passage id) pairs: `words` content words (not function words)
+        sampled from the target passage."""
         rng = np.random.default_rng([self.seed, 7919])
         targets = sorted(set(rng.choice(self.n, size=min(n, self.n), replace=False).tolist()))
         want = set(targets)
@@ -70,7 +72,7 @@ class SyntheticCorpus:
         for d in self.docs():
             i = int(d.id[1:])
             if i in want:
-                toks = d.text.split()
+                toks = [w for w in d.text.split() if w not in _FUNCTION_SET] or d.text.split()
                 pick = rng.choice(len(toks), size=min(words, len(toks)), replace=False)
                 out[d.id] = " ".join(toks[j] for j in sorted(pick))
                 if len(out) == len(want):

@@ -1,7 +1,9 @@
 """Embedded BM25 on disk with tantivy (the default backend).
 
 Schema: `id` and `source` (raw terms, for upsert/delete), `title` and `text` analyzed with
-tantivy's `en_stem` (simple tokenizer, long-token removal, lowercase, English Snowball stemmer).
+`kinject_en`: tantivy's `en_stem` chain (simple tokenizer, long-token removal, lowercase,
+English Snowball stemmer) plus the Lucene English stop words, the list of Elasticsearch's
+`english` analyzer (dropping "the", "of"... also keeps queries from scoring every passage).
 Queries are analyzed with the same chain in Python and scored like GRIP's Elasticsearch
 `multi_match` best_fields with tie_breaker 0.5: a disjunction-max over one BM25 query per field.
 Building the query from analyzed terms (instead of tantivy's query parser) means no query syntax
@@ -24,13 +26,17 @@ TIE_BREAKER = 0.5
 DATA_DIR = "tantivy"
 
 
+ANALYZER = "kinject_en"
+
+
 @functools.cache
 def english_analyzer() -> tantivy.TextAnalyzer:
-    """The `en_stem` chain, usable outside an index (queries, the bm25s parity reference)."""
+    """The index's analyzer, also used for queries and by the bm25s parity reference."""
     return (
         tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
         .filter(tantivy.Filter.remove_long(40))
         .filter(tantivy.Filter.lowercase())
+        .filter(tantivy.Filter.stopword("english"))
         .filter(tantivy.Filter.stemmer("english"))
         .build()
     )
@@ -46,7 +52,7 @@ def _schema() -> tantivy.Schema:
     sb.add_text_field("source", stored=True, tokenizer_name="raw", index_option="basic")
     # term frequencies are all BM25 needs; no positions keeps the index smaller
     for f in FIELDS:
-        sb.add_text_field(f, stored=True, tokenizer_name="en_stem", index_option="freq")
+        sb.add_text_field(f, stored=True, tokenizer_name=ANALYZER, index_option="freq")
     return sb.build()
 
 
@@ -58,6 +64,7 @@ class TantivyRetriever(BaseRetriever):
         self.writer_threads = writer_threads
         self.schema = _schema()
         self.index = tantivy.Index(self.schema, path=str(self.path / DATA_DIR), reuse=True)
+        self.index.register_tokenizer(ANALYZER, english_analyzer())  # not persisted: every open
         self._refresh()
 
     @classmethod
@@ -85,11 +92,14 @@ class TantivyRetriever(BaseRetriever):
     def add(self, docs: Iterable[Doc], progress: bool = False) -> int:
         writer = self._writer()
         upsert = self.count() > 0
+        seen: set[str] = set()  # into an empty index: delete only when an id repeats (cheaper)
         n = 0
         try:
             for d in progress_iter(docs, "indexing (tantivy)", progress):
-                if upsert:
-                    writer.delete_documents_by_term("id", d.id)
+                if upsert or d.id in seen:
+                    writer.delete_documents_by_term("id", d.id)  # removes the earlier copy: last one wins
+                else:
+                    seen.add(d.id)
                 writer.add_document(tantivy.Document(id=d.id, source=d.source, title=d.title, text=d.text))
                 n += 1
             writer.commit()
