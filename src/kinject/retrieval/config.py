@@ -22,7 +22,9 @@ class RagEvalConfig(StageConfig):
     dataset: str = ""  # default: the questions file's stem
     split: str = "test"
     instruction: str = ""
-    passage_format: Literal["numbered", "plain"] = "numbered"  # see kinject.retrieval.rag
+    # plain = passage bodies joined, exactly the knowledge format the world's base read in pretraining
+    # (numbered `[i] title: text` lines suit instruction-tuned real models)
+    passage_format: Literal["numbered", "plain"] = "plain"
     max_new_tokens: int = 32
     batch_size: int = 16
     limit: int | None = None  # first N questions only
