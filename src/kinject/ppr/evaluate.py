@@ -184,3 +184,36 @@ def write_eval(res: EvalResult, out: Path, dataset: str, split: str) -> list[dic
         "n_truncated": res.n_truncated,
     })
     return rows
+
+
+def plug_and_play(domains: list[tuple[str, Path]], data: list[LabelledQuestion], banks_dir: Path,
+                  cfg, encoder=None, n_initial: int = 2, progress: bool = False) -> dict:
+    """Build banks for the first `n_initial` domains, evaluate on their questions, then add the
+    remaining domains one by one (`add_domain`, no rebuild) and evaluate the same questions
+    again. The drop, in accuracy points, must stay small: existing banks are not touched."""
+    from kinject.ppr.banks import add_domain, build_banks
+    from kinject.ppr.encoders import load_encoder
+
+    encoder = encoder or load_encoder(cfg.encoder)
+    first, rest = domains[:n_initial], domains[n_initial:]
+    names = {n for n, _ in first}
+    subset = [d for d in data if d.label in names]
+    if not subset or not rest:
+        raise UserError(f"plug-and-play needs questions of {sorted(names)} and at least {n_initial + 1} domains")
+    build_banks(first, banks_dir, cfg, encoder, progress=progress)
+    before = evaluate(Router.from_dir(banks_dir, encoder), subset, n_latency=0, progress=progress)
+    for name, path in rest:
+        add_domain(banks_dir, name, path, cfg, encoder, progress=progress)
+    router = Router.from_dir(banks_dir, encoder)
+    after = evaluate(router, subset, n_latency=0, progress=progress)
+    full = evaluate(router, data, n_latency=0, progress=progress)
+    return {
+        "initial_domains": [n for n, _ in first], "added_domains": [n for n, _ in rest],
+        "n_initial_questions": len(subset),
+        "accuracy_initial_before_add": before.accuracy,
+        "accuracy_initial_after_add": after.accuracy,
+        "drop_points": 100 * (before.accuracy - after.accuracy),
+        "accuracy_all_after_add": full.accuracy,
+        "macro_accuracy_all_after_add": full.macro_accuracy,
+        "per_domain_after_add": {k: a for k, (a, _) in full.per_domain.items()},
+    }
