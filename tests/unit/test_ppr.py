@@ -307,3 +307,21 @@ def test_labels_must_be_names(tmp_path):
     g = write_jsonl(tmp_path / "e.jsonl", [{"question": "What is X?"}])
     with pytest.raises(UserError, match="'domain' or 'label'"):
         read_labelled(g)
+
+
+def test_plug_and_play_and_bench(tmp_path, minilm):
+    from kinject.ppr.bench import bench_routing
+    from kinject.ppr.evaluate import plug_and_play
+
+    w = write_world_like(tmp_path / "w", n_offline=30, n_online=10)
+    data = read_labelled(w / "mixed_domain" / "online" / "mixed.jsonl")
+    pp = plug_and_play(offline(w, "general", "materials", "adjuvant"), data, tmp_path / "b",
+                       CFG.model_copy(update={"k": 8}), minilm)
+    assert pp["initial_domains"] == ["general", "materials"] and pp["added_domains"] == ["adjuvant"]
+    assert pp["n_initial_questions"] == 20 and pp["drop_points"] <= 0.5
+    assert pp["accuracy_all_after_add"] >= 0.9
+    res = bench_routing(Router.from_dir(tmp_path / "b", minilm), [d.question for d in data], n=40,
+                        repeats=1, n_latency=3)
+    assert res["n_queries"] == 40 and res["n_domains"] == 3 and res["n_prototypes"] == 24
+    assert res["queries_per_s"] > 0 and 0 <= res["share_outside_encoder"] < 0.5
+    assert res["latency_ms_p50"] > 0

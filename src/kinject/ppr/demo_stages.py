@@ -21,7 +21,7 @@ def ppr_stage(ctx: DemoContext, out: Path) -> None:
     from kinject.ppr.world import offline_files, online_file
     from kinject.runs import RunRecorder, inputs_hash, is_complete, read_manifest
 
-    world = ctx.artifacts.get("world") or ctx.out / "world"
+    world = ctx.artifacts.get("world") or ctx.out / "world" / "world"
     if not Path(world).is_dir():
         raise UserError(f"ppr stage needs the world (run the `world` stage first): {world} not found")
     files, online = offline_files(world), online_file(world)
