@@ -325,3 +325,12 @@ def test_plug_and_play_and_bench(tmp_path, minilm):
     assert res["n_queries"] == 40 and res["n_domains"] == 3 and res["n_prototypes"] == 24
     assert res["queries_per_s"] > 0 and 0 <= res["share_outside_encoder"] < 0.5
     assert res["latency_ms_p50"] > 0
+
+
+def test_shipped_configs_load():
+    from kinject.config import load_config
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "ppr"
+    cfgs = {f.stem: load_config(f, expect=PPRConfig) for f in sorted(root.glob("*.yaml"))}
+    assert cfgs["default"] == PPRConfig()  # the file states the defaults
+    assert cfgs["paper"].encoder.kind == "hf-mean" and cfgs["paper"].k == 32
