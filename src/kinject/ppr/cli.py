@@ -236,7 +236,10 @@ def bench_ppr(
     batch_size: BatchOpt = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Routing throughput (queries/s, batched) and share of time outside the encoder -> bench.json."""
+    """Routing throughput (queries/s, batched) and share of time outside the encoder -> bench.json.
+
+    Torch threads: KINJECT_TORCH_THREADS (default min(2, cores)); on an oversubscribed CPU one
+    thread was measured about 2x faster than two (spin-waiting threads)."""
     from kinject.io import iter_jsonl, write_json_atomic
     from kinject.ppr.bench import bench_routing
     from kinject.ppr.router import Router
