@@ -1,0 +1,7 @@
+"""PPR: prototype-based plug-and-play routing (SPEC-GAG.md, "PPR").
+
+- `encoders`: the `Encoder` protocol and its backends (`hf-mean`, `sentence-transformers`).
+- `banks`: per-domain prototype banks (k-means centroids) and the banks directory.
+- `router`: nearest-prototype routing with an optional margin rule.
+- `evaluate`, `bench`: routing accuracy / confusion matrix, throughput.
+"""
