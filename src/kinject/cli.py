@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 import kinject
+from kinject.benchcli import bench_app
 from kinject.errors import UserError
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ model_app = typer.Typer(help="Local causal LMs: create tiny models, inspect chec
 config_app = typer.Typer(help="Inspect configs: resolved values after overrides.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(config_app, name="config")
+app.add_typer(bench_app, name="bench")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides", show_default=False)]

@@ -15,7 +15,7 @@ from kinject.errors import UserError
 
 ppr_app = typer.Typer(help="PPR routing: prototype banks per domain, nearest-prototype routing, evaluation.",
                       no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks: commands that measure and write JSON.", no_args_is_help=True)
+from kinject.benchcli import bench_app  # noqa: E402  (the shared `kinject bench` group)
 
 BanksOpt = Annotated[Path, typer.Option("--banks", help="banks directory (from `ppr build`)")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="PPR YAML config (configs/ppr/default.yaml)")]
@@ -263,4 +263,3 @@ def bench_ppr(
 
 def register(app: typer.Typer) -> None:
     app.add_typer(ppr_app, name="ppr")
-    app.add_typer(bench_app, name="bench")

@@ -14,7 +14,7 @@ from kinject.errors import UserError
 index_app = typer.Typer(help="Build and update passage indexes (tantivy default, elasticsearch, dense, hybrid).",
                         no_args_is_help=True)
 rag_app = typer.Typer(help="RAG baseline: top-k passages in the base model's prompt.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks that write JSON.", no_args_is_help=True)
+from kinject.benchcli import bench_app  # noqa: E402  (the shared `kinject bench` group)
 
 IndexOpt = Annotated[Path, typer.Option("--index", help="index directory")]
 BackendOpt = Annotated[str | None, typer.Option("--backend", help="expected backend (checked against the index)")]
@@ -175,5 +175,4 @@ def bench_retrieval(
 def register(app: typer.Typer) -> None:
     app.add_typer(index_app, name="index")
     app.add_typer(rag_app, name="rag")
-    app.add_typer(bench_app, name="bench")
     app.command("search")(search)
