@@ -1,0 +1,125 @@
+"""The RAG baseline: retrieve top-k passages, put them in the base model's knowledge prompt
+(`kinject.prompts.knowledge_messages`, the format GAG and text injection share), and answer
+with batched greedy decoding (`kinject.generation.generate_texts`, left padding).
+
+Passages are formatted by `format_passages` only: one line per passage, `[i] title: text`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kinject.errors import UserError
+from kinject.eval.metrics import ANSWER_METRICS
+from kinject.prompts import general_messages, knowledge_messages, render
+from kinject.retrieval.base import BaseRetriever, Hit
+
+METRICS = ("em", "f1", "has_answer")
+
+
+def format_passages(hits: Sequence[Hit]) -> str:
+    """`[1] title: text` lines (`[1] text` when a passage has no title)."""
+    lines = []
+    for i, h in enumerate(hits, 1):
+        body = " ".join(h.text.split())
+        lines.append(f"[{i}] {h.title}: {body}" if h.title else f"[{i}] {body}")
+    return "\n".join(lines)
+
+
+def rag_messages(question: str, hits: Sequence[Hit], instruction: str = "") -> list[dict]:
+    return knowledge_messages(question, format_passages(hits), instruction)
+
+
+@dataclass
+class RagOutput:
+    question: str
+    hits: list[Hit]
+    prompt: str
+    answer: str
+    n_prompt_tokens: int = 0
+    n_new_tokens: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def rag_answer(
+    model, tokenizer, retriever: BaseRetriever, questions: Sequence[str], k: int,
+    max_new_tokens: int = 32, batch_size: int = 16, instruction: str = "",
+    hits: Sequence[Sequence[Hit]] | None = None,
+) -> list[RagOutput]:
+    """Answer each question from its top-k passages (pass `hits` to reuse a retrieval)."""
+    from kinject.generation import generate_texts
+
+    if hits is None:
+        hits = retriever.batch_search(list(questions), k)
+    hits = [list(h[:k]) for h in hits]
+    prompts = [render(tokenizer, rag_messages(q, h, instruction)) for q, h in zip(questions, hits, strict=True)]
+    gens = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [
+        RagOutput(q, h, p, g.text, g.n_prompt_tokens, g.n_new_tokens)
+        for q, h, p, g in zip(questions, hits, prompts, gens, strict=True)
+    ]
+
+
+def _golds(row: dict, where: str) -> list[str]:
+    ans = row["answer"]
+    golds = [ans] if isinstance(ans, str) else ans
+    if not isinstance(golds, list) or not golds or not all(isinstance(g, str) for g in golds):
+        raise UserError(f"{where}: 'answer' must be a string or a non-empty list of strings")
+    return golds
+
+
+def rag_eval(cfg, out: Path, progress: bool = True) -> list[dict]:
+    """Run the RAG baseline for each k in `cfg.ks`; write results.jsonl, predictions.jsonl, manifest."""
+    from kinject.io import atomic_dir, read_jsonl, require_file, write_jsonl_atomic
+    from kinject.models import load_causal_lm
+    from kinject.retrieval.base import open_index
+    from kinject.runs import RunRecorder, inputs_hash, is_complete
+
+    qpath = require_file(cfg.questions, "questions file")
+    rows = read_jsonl(qpath, required=["question", "answer"])
+    if cfg.limit:
+        rows = rows[: cfg.limit]
+    questions = []
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r["question"], str) or not r["question"].strip():
+            raise UserError(f"{qpath}:{i}: empty 'question'")
+        questions.append(r["question"])
+    golds = [_golds(r, f"{qpath}:{i}") for i, r in enumerate(rows, 1)]
+    dataset = cfg.dataset or qpath.stem
+    h = inputs_hash(cfg, qpath, Path(cfg.index) / "kinject-index.json", Path(cfg.model) / "config.json")
+    if is_complete(out, h) and (out / "results.jsonl").is_file():
+        return read_jsonl(out / "results.jsonl")
+
+    rec = RunRecorder(out, "rag eval", cfg, cfg.seed)
+    with rec.timer("load"):
+        model, tok = load_causal_lm(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        retriever = open_index(cfg.index, cfg.backend)
+    kmax = max(cfg.ks)
+    with retriever, rec.timer("retrieve"):
+        all_hits = retriever.batch_search(questions, kmax)
+    closed = [len(tok(render(tok, general_messages(q)), add_special_tokens=False)["input_ids"]) for q in questions]
+    results, preds = [], []
+    for k in sorted(cfg.ks):
+        method = f"rag_k{k}"
+        with rec.timer(f"generate_k{k}"):
+            outs = rag_answer(model, tok, retriever, questions, k, cfg.max_new_tokens, cfg.batch_size,
+                              cfg.instruction, hits=all_hits)
+        for m in METRICS:
+            vals = [ANSWER_METRICS[m](o.answer, g) for o, g in zip(outs, golds)]
+            results.append({"method": method, "dataset": dataset, "split": cfg.split, "metric": m,
+                            "value": sum(vals) / len(vals), "n": len(vals)})
+        added = statistics.fmean(o.n_prompt_tokens - c for o, c in zip(outs, closed))
+        results.append({"method": method, "dataset": dataset, "split": cfg.split,
+                        "metric": "added_prompt_tokens", "value": added, "n": len(outs)})
+        for o, g in zip(outs, golds):
+            preds.append({"method": method, "question": o.question, "answer": g, "prediction": o.answer,
+                          "hits": [h.id for h in o.hits]})
+    rec.metrics = {f"{r['method']}/{r['metric']}": r["value"] for r in results}
+    with atomic_dir(out) as tmp:
+        write_jsonl_atomic(tmp / "results.jsonl", results)
+        write_jsonl_atomic(tmp / "predictions.jsonl", preds)
+        rec.write(tmp, inputs_hash=h)
+    return results
