@@ -70,6 +70,7 @@ class GripSftConfig(StageConfig):
     out: str = "outputs/grip/sft"
     control_tokens: Literal["special", "text"] = "special"  # single ids (default) or plain text
     epochs: float = 8.0
+    max_steps: int = -1  # > 0: stop after this many optimizer steps (overrides epochs)
     lr: float = 1e-6
     scheduler: str = "cosine"
     warmup_ratio: float = 0.1

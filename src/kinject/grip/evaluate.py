@@ -34,9 +34,13 @@ def settings_of(cfg) -> AgentSettings:
 
 
 def load_agent(cfg, retriever):
-    from kinject.models import load_causal_lm
+    from kinject.grip.agent import check_control_tokens
+    from kinject.models import check_model_dir, load_causal_lm, load_tokenizer
 
-    model, tok = load_causal_lm(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    check_model_dir(cfg.model, need_tokenizer=True)
+    tok = load_tokenizer(cfg.model)
+    check_control_tokens(tok)  # before loading weights: a non-GRIP model fails fast and quietly
+    model, _ = load_causal_lm(cfg.model, device=cfg.device, dtype=cfg.dtype, with_tokenizer=False)
     return GripAgent.from_model(model, tok, retriever, settings_of(cfg)), model, tok
 
 

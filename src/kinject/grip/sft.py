@@ -101,15 +101,17 @@ def train_sft(cfg, out: str | Path | None = None) -> Path:
         # trainer_device_kwargs() names gloo even for one process, and a backend makes
         # accelerate look for a process group that a plain `python -m` run never forms
         device_kw.pop("ddp_backend", None)
+    if cfg.gradient_checkpointing:
+        device_kw["gradient_checkpointing"] = True
     if cfg.bf16 and torch.cuda.is_available():
         device_kw["bf16"] = True
     args = SFTConfig(
-        output_dir=str(work), num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
+        output_dir=str(work), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.lr,
         lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio, adam_beta1=cfg.adam_beta1,
         adam_beta2=cfg.adam_beta2, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         per_device_train_batch_size=cfg.per_device_batch_size, gradient_accumulation_steps=cfg.grad_accum,
         max_length=cfg.max_length, completion_only_loss=True, logging_steps=cfg.logging_steps,
-        save_strategy="no", report_to="none", seed=cfg.seed, gradient_checkpointing=cfg.gradient_checkpointing,
+        save_strategy="no", report_to="none", seed=cfg.seed,
         dataloader_num_workers=0, disable_tqdm=False,
         **device_kw,
     )
