@@ -36,6 +36,7 @@ class AgentConfig(StrictModel):
     top_k: int = Field(3, ge=1)
     max_new_tokens: int = Field(128, ge=1)
     batch_size: int = Field(32, ge=1)
+    control_tokens: Literal["special", "text"] = "special"  # as the model was trained (grip sft)
 
 
 @register_config

@@ -30,7 +30,7 @@ def answer_metrics() -> list[str]:
 def settings_of(cfg) -> AgentSettings:
     a = cfg.agent
     return AgentSettings(max_rounds=a.max_rounds, top_k=a.top_k, max_new_tokens=a.max_new_tokens,
-                         batch_size=a.batch_size)
+                         batch_size=a.batch_size, control_tokens=a.control_tokens)
 
 
 def load_agent(cfg, retriever):
@@ -39,7 +39,8 @@ def load_agent(cfg, retriever):
 
     check_model_dir(cfg.model, need_tokenizer=True)
     tok = load_tokenizer(cfg.model)
-    check_control_tokens(tok)  # before loading weights: a non-GRIP model fails fast and quietly
+    if cfg.agent.control_tokens == "special":
+        check_control_tokens(tok)  # before loading weights: a non-GRIP model fails fast and quietly
     model, _ = load_causal_lm(cfg.model, device=cfg.device, dtype=cfg.dtype, with_tokenizer=False)
     return GripAgent.from_model(model, tok, retriever, settings_of(cfg)), model, tok
 
