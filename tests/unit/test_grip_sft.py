@@ -82,12 +82,12 @@ def test_short_sft_fits_the_targets(tiny_model_dir, tmp_path):
 
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    cfg = load_config(None, [f"model={tiny_model_dir}", f"data={data}", f"out={tmp_path / 'm'}", "epochs=20",
+    cfg = load_config(None, [f"model={tiny_model_dir}", f"data={data}", f"out={tmp_path / 'm'}", "epochs=30",
                              "lr=3e-3", "per_device_batch_size=4", "warmup_ratio=0", "logging_steps=1",
                              "max_length=512", "scheduler=constant", "weight_decay=0"], expect=GripSftConfig)
     out = train_sft(cfg)
     man = json.loads((out / "manifest.json").read_text())["metrics"]
-    assert man["rows"] == 4 and man["steps"] == 20
+    assert man["rows"] == 4 and man["steps"] == 30
     assert man["last_logged_loss"] < 0.25 * man["first_logged_loss"]
     assert not (tmp_path / ".m.work").exists()
     model, tok = load_causal_lm(out, device="cpu")
@@ -95,7 +95,7 @@ def test_short_sft_fits_the_targets(tiny_model_dir, tmp_path):
 
     gens = generate_texts(model, tok, [r["prompt"] for r in sft_records(ROWS, tok)], max_new_tokens=24,
                           skip_special_tokens=False)
-    assert sum(g.text == r["target"] for g, r in zip(gens, ROWS)) >= 3
+    assert sum(g.text == r["target"] for g, r in zip(gens, ROWS)) >= 3, [g.text for g in gens]
 
 
 def test_bad_sft_rows(tmp_path):
