@@ -57,6 +57,7 @@ class GripSynthConfig(StageConfig):
     max_per_class: int | None = None  # cap per class before the split (release: 11,250)
     wrong_as_b: bool = True  # round-0 plan turn for wrong predictions too (see synth.py)
     limit: int | None = None
+    threads: int = 1  # torch threads (1 measured 3x faster than 2 for tiny models on the shared CPU)
     device: str = "auto"
     dtype: str = "auto"
 
@@ -84,7 +85,7 @@ class GripSftConfig(StageConfig):
     max_length: int = 8192
     bf16: bool = False
     gradient_checkpointing: bool = False
-    threads: int = 2
+    threads: int = 1
     logging_steps: int = 10
     save_dtype: str = "auto"
     limit: int | None = None
@@ -109,7 +110,7 @@ class GripEvalConfig(StageConfig):
     rag_k: list[int] = [3]
     baseline_max_new_tokens: int = 32
     limit: int | None = None
-    threads: int = 2
+    threads: int = 1
     device: str = "auto"
     dtype: str = "auto"
 

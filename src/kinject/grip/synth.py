@@ -174,6 +174,9 @@ def synthesize(cfg, out: str | Path | None = None) -> dict:
     h = inputs_hash(cfg, *files, Path(cfg.index) / "kinject-index.json", Path(cfg.model) / "config.json")
     if is_complete(out, h):
         return json.loads((out / "manifest.json").read_text())["metrics"]
+    import torch
+
+    torch.set_num_threads(cfg.threads)
     rec = RunRecorder(out, "grip synth", cfg, cfg.seed)
     rewriter = make_rewriter(cfg.rewriter)
     with rec.timer("load"):
