@@ -117,3 +117,19 @@ def test_tokenizer_without_control_tokens_is_refused():
     tok = AutoTokenizer.from_pretrained(str(get_model_path()))  # a real tokenizer, no GRIP tokens
     with pytest.raises(UserError, match="no single-token"):
         check_control_tokens(tok)
+
+
+def test_plain_text_markers_mode():
+    """`control_tokens: text`: a model trained with the markers as sub-word text is accepted (no
+    `[SOLVED]` id to stop on; the turn ends at end of turn and parses the same)."""
+    from kinject.models import TinySpec, make_tiny_model
+    from unit.test_grip_sft import tokenizer_without_control_tokens
+
+    tok = tokenizer_without_control_tokens()
+    model = make_tiny_model(TinySpec(vocab=len(tok), hidden=32, layers=1, heads=2), tokenizer=tok)
+    with pytest.raises(UserError, match="no single-token"):
+        GripAgent.from_model(model, tok, KeywordIndex(PASSAGES), AgentSettings(max_new_tokens=4))
+    agent = GripAgent.from_model(model, tok, KeywordIndex(PASSAGES),
+                                 AgentSettings(max_rounds=2, max_new_tokens=4, control_tokens="text"))
+    eps = agent.run(["Where is Norland?"])
+    assert eps[0].done and 1 <= len(eps[0].steps) <= 2

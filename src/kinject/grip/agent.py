@@ -71,6 +71,7 @@ class AgentSettings:
     top_k: int = 3
     max_new_tokens: int = 128
     batch_size: int = 32
+    control_tokens: str = "special"  # "text": a model trained with plain-text markers (see from_model)
 
 
 def check_control_tokens(tokenizer) -> list[int]:
@@ -108,13 +109,18 @@ class GripAgent:
         from kinject.prompts import render
 
         settings = settings or AgentSettings()
-        check_control_tokens(tokenizer)
-        solved = tokenizer.convert_tokens_to_ids(SOLVED)
+        if settings.control_tokens == "text":
+            # plain-text markers (the release's way): no single `[SOLVED]` id to stop on, so a
+            # turn ends at end of turn; `parse_turn` reads the same strings either way
+            stops: list[int] = []
+        else:
+            check_control_tokens(tokenizer)
+            stops = [tokenizer.convert_tokens_to_ids(SOLVED)]
 
         def generate(prompts: list[str]) -> list[str]:
             gens = generate_texts(model, tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
                                   batch_size=settings.batch_size, skip_special_tokens=False,
-                                  extra_stop_ids=[solved])
+                                  extra_stop_ids=stops)
             return [g.text for g in gens]
 
         return cls(generate, lambda msgs: render(tokenizer, msgs), retriever, settings)

@@ -1,0 +1,122 @@
+"""Configs of the GRIP stages (kinds `grip_synth`, `grip_sft`, `grip_eval`).
+
+RL (`grip_rl*`) lives in its own module of this package (another issue).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from kinject.config import StageConfig, StrictModel, register_config
+
+
+class RewriterConfig(StrictModel):
+    """The C-class rewriter: writes a corrected fact and a NEW query for a wrong prediction.
+
+    `world`: programmatic, from the world's hop decomposition (`intermediate`, `sub_questions`).
+    `openai`: any OpenAI-compatible chat endpoint (`url`, `model`); the key is read from the
+    environment variable named by `api_key_env` (a local server accepts any key)."""
+
+    kind: Literal["world", "openai"] = "world"
+    url: str = ""
+    model: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = 1.0  # release: gpt-4o-mini, temperature 1.0, 80 tokens
+    max_tokens: int = 80
+    timeout_s: float = 60.0
+    concurrency: int = 4
+
+
+class AgentConfig(StrictModel):
+    """The agent loop of SPEC-GRIP (release: 4 rounds, top-3, 128 new tokens per turn)."""
+
+    max_rounds: int = Field(4, ge=1)
+    top_k: int = Field(3, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(32, ge=1)
+    control_tokens: Literal["special", "text"] = "special"  # as the model was trained (grip sft)
+
+
+@register_config
+class GripSynthConfig(StageConfig):
+    """`kinject grip synth`: pattern A-D training turns from `{question, answer}` files."""
+
+    kind: str = "grip_synth"
+    questions: list[str] = Field(description="JSONL files of {question, answer: [..]} (world rows add hops etc.)")
+    model: str = Field(description="closed-book reference model (the base) directory")
+    index: str = Field(description="passage index directory (`kinject index build`)")
+    backend: str | None = None
+    out: str = "outputs/grip/synth"
+    rewriter: RewriterConfig = RewriterConfig()
+    top_k: int = Field(3, ge=1)
+    max_new_tokens: int = Field(32, ge=1)  # closed-book pass (release: 32 greedy tokens)
+    batch_size: int = Field(32, ge=1)
+    rl_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # release: 1,250 of 11,250 per class to RL
+    max_per_class: int | None = None  # cap per class before the split (release: 11,250)
+    wrong_as_b: bool = True  # round-0 plan turn for wrong predictions too (see synth.py)
+    limit: int | None = None
+    threads: int = 1  # torch threads (1 measured 3x faster than 2 for tiny models on the shared CPU)
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+@register_config
+class GripSftConfig(StageConfig):
+    """`kinject grip sft`: loss on the target turn only (TRL SFTTrainer, prompt-completion)."""
+
+    kind: str = "grip_sft"
+    model: str = Field(description="model to fine-tune (release: the base, not instruct)")
+    data: str = Field(description="sft.jsonl written by `kinject grip synth`")
+    out: str = "outputs/grip/sft"
+    control_tokens: Literal["special", "text"] = "special"  # single ids (default) or plain text
+    epochs: float = 8.0
+    max_steps: int = -1  # > 0: stop after this many optimizer steps (overrides epochs)
+    lr: float = 1e-6
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    per_device_batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 8192
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    threads: int = 1
+    logging_steps: int = 10
+    save_dtype: str = "auto"
+    limit: int | None = None
+
+
+@register_config
+class GripEvalConfig(StageConfig):
+    """`kinject grip eval` / `answer` / `bench`: the agent over a question file.
+
+    `base_model` (optional) adds the closed-book base and RAG k=`rag_k` on the same questions
+    and splits, so one run compares the three."""
+
+    kind: str = "grip_eval"
+    model: str = Field(description="GRIP model directory (from `kinject grip sft`)")
+    index: str = Field(description="passage index directory")
+    backend: str | None = None
+    data: str = ""  # questions file; `--data` on the command line
+    dataset: str = "wiki"  # subsets <dataset>_popular / _longtail / _2hop when rows say so
+    split: str = "test"
+    agent: AgentConfig = AgentConfig()
+    base_model: str | None = None
+    rag_k: list[int] = [3]
+    baseline_max_new_tokens: int = 32
+    limit: int | None = None
+    threads: int = 1
+    device: str = "auto"
+    dtype: str = "auto"
+
+    @field_validator("rag_k")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(k <= 0 for k in v):
+            raise ValueError("rag_k must hold positive integers")
+        return v

@@ -1,0 +1,135 @@
+"""`kinject grip sft`: supervised fine-tuning on synthesized turns, loss on the target turn only.
+
+TRL's SFTTrainer with prompt-completion data: the prompt is the chat-rendered round
+(`format.round_messages` -> `prompts.render`, generation prompt included), the completion is
+the target turn plus the end-of-turn token; `completion_only_loss` masks the prompt. Devices
+and DDP come from `kinject.distributed.trainer_device_kwargs()` (torchrun / accelerate work as
+for every other stage).
+
+Control tokens: by default they must be single special tokens (clean parsing, stop on
+`[SOLVED]`). A tokenizer without them gets them added and the embeddings resized (said on
+stderr and in the manifest); `control_tokens: text` keeps them as plain sub-word text.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from kinject.errors import UserError
+from kinject.grip.format import CONTROL_TOKENS
+
+
+def ensure_control_tokens(model, tok, mode: str = "special") -> list[str]:
+    """Add the GRIP control tokens as special tokens (and resize) when missing; returns the
+    tokens added. `text` mode adds nothing (the tokens stay sub-word text)."""
+    if mode == "text":
+        return []
+    vocab = tok.get_vocab()
+    missing = [t for t in CONTROL_TOKENS if t not in vocab]
+    if missing:
+        tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        model.resize_token_embeddings(len(tok))
+        print(f"grip sft: tokenizer lacked {', '.join(missing)}; added them as special tokens and "
+              f"resized the embeddings to {len(tok)}", file=sys.stderr)
+    for t in CONTROL_TOKENS:
+        if len(tok(t, add_special_tokens=False).input_ids) != 1:
+            raise UserError(f"grip sft: {t} is not a single token after adding it; check the tokenizer")
+    return missing
+
+
+def sft_records(rows: list[dict], tok) -> list[dict]:
+    """Prompt-completion records: the rendered round and `target + eos` (end of turn)."""
+    from kinject.grip.synth import example_messages
+    from kinject.prompts import render
+
+    eos = tok.eos_token or ""
+    recs = []
+    for r in rows:
+        recs.append({"prompt": render(tok, example_messages(r)), "completion": r["target"] + eos})
+    return recs
+
+
+def read_sft_rows(path: str | Path, limit: int | None = None) -> list[dict]:
+    from kinject.io import read_jsonl
+
+    p = Path(path)
+    rows = read_jsonl(p, required=["question", "intermediary", "references", "target"])
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r["target"], str) or not r["target"].strip():
+            raise UserError(f"{p}: record {i} has an empty 'target'")
+        if not isinstance(r["references"], list):
+            raise UserError(f"{p}: record {i}: 'references' must be a list of passage texts")
+    return rows[:limit] if limit else rows
+
+
+def train_sft(cfg, out: str | Path | None = None) -> Path:
+    import json
+
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from kinject.distributed import is_distributed_launch, rank_and_world, trainer_device_kwargs
+    from kinject.io import atomic_dir
+    from kinject.models import load_causal_lm, resolve_dtype, save_model
+    from kinject.runs import RunRecorder, inputs_hash, is_complete
+
+    out = Path(out or cfg.out)
+    h = inputs_hash(cfg, cfg.data, Path(cfg.model) / "config.json")
+    if is_complete(out, h):
+        print(f"grip sft: {out} is complete for these inputs; skipping", file=sys.stderr)
+        return out
+    torch.set_num_threads(cfg.threads)
+    rows = read_sft_rows(cfg.data, cfg.limit)
+    rec = RunRecorder(out, "grip sft", cfg, cfg.seed)
+    model, tok = load_causal_lm(cfg.model, device="cpu", dtype="float32")
+    rec.extra["control_tokens_added"] = ensure_control_tokens(model, tok, cfg.control_tokens)
+    recs = sft_records(rows, tok)
+    # a row over max_length would lose its target turn to truncation: drop it and say so
+    lengths = [len(ids) for ids in tok([r["prompt"] + r["completion"] for r in recs], add_special_tokens=False).input_ids]
+    n_long = sum(n > cfg.max_length for n in lengths)
+    recs = [r for r, n in zip(recs, lengths, strict=True) if n <= cfg.max_length]
+    if n_long:
+        print(f"grip sft: dropped {n_long} rows longer than max_length={cfg.max_length}", file=sys.stderr)
+    if not recs:
+        raise UserError(f"grip sft: no row fits max_length={cfg.max_length}; raise it")
+    work = out.parent / f".{out.name}.work"
+    device_kw = trainer_device_kwargs()
+    if not is_distributed_launch():
+        # trainer_device_kwargs() names gloo even for one process, and a backend makes
+        # accelerate look for a process group that a plain `python -m` run never forms
+        device_kw.pop("ddp_backend", None)
+    if cfg.gradient_checkpointing:
+        device_kw["gradient_checkpointing"] = True
+    if cfg.bf16 and torch.cuda.is_available():
+        device_kw["bf16"] = True
+    args = SFTConfig(
+        output_dir=str(work), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio, adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        per_device_train_batch_size=cfg.per_device_batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        max_length=cfg.max_length, completion_only_loss=True, logging_steps=cfg.logging_steps,
+        save_strategy="no", report_to="none", seed=cfg.seed,
+        dataloader_num_workers=0, disable_tqdm=False,
+        **device_kw,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(recs), processing_class=tok)
+    with rec.timer("train"):
+        result = trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    rec.metrics = {"rows": len(recs), "steps": trainer.state.global_step, "train_loss": result.training_loss,
+                   "first_logged_loss": losses[0] if losses else None,
+                   "last_logged_loss": losses[-1] if losses else None, "dropped_long_rows": n_long,
+                   "max_row_tokens": max(lengths)}
+    rank, _ = rank_and_world()
+    if rank == 0:
+        model = trainer.model
+        dtype = resolve_dtype(cfg.save_dtype) if cfg.save_dtype != "auto" else None
+        with atomic_dir(out) as tmp:
+            save_model(model, tok, tmp, dtype=dtype)
+            (tmp / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+            rec.write(tmp, inputs_hash=h)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
