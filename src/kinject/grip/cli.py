@@ -102,4 +102,7 @@ def bench_cmd(config: ConfigOpt,
 
 
 def register(app: typer.Typer) -> None:
+    from kinject.grip import rl_cli
+
+    rl_cli.register(grip_app)  # `kinject grip rl` (issue 10) lives in rl_cli.py
     app.add_typer(grip_app, name="grip")

@@ -120,3 +120,8 @@ class GripEvalConfig(StageConfig):
         if any(k <= 0 for k in v):
             raise ValueError("rag_k must hold positive integers")
         return v
+
+
+# the RL stage's config kind (`grip_rl`) lives next to its trainer; import it so
+# `kinject config show` finds every grip kind through this module
+from kinject.grip import rl_config as _rl_config  # noqa: E402,F401
