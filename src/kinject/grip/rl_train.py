@@ -143,11 +143,9 @@ def _write_results(out: Path, rows: list[dict], preds: dict[str, list[dict]]) ->
 def grpo_args(cfg: GripRLConfig, out: Path):
     from trl import GRPOConfig
 
-    from kinject.distributed import is_distributed_launch, trainer_device_kwargs
+    from kinject.distributed import trainer_device_kwargs
 
     device_kwargs = trainer_device_kwargs()
-    if not is_distributed_launch():  # a single CPU process with ddp_backend=gloo asks for a process group
-        device_kwargs.pop("ddp_backend", None)
     G = cfg.rollout.group_size
     weights = [1.0] + ([cfg.overlong.weight] if cfg.overlong.enabled else [])
     return GRPOConfig(

@@ -71,7 +71,7 @@ def train_sft(cfg, out: str | Path | None = None) -> Path:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from kinject.distributed import is_distributed_launch, rank_and_world, trainer_device_kwargs
+    from kinject.distributed import rank_and_world, trainer_device_kwargs
     from kinject.io import atomic_dir
     from kinject.models import load_causal_lm, resolve_dtype, save_model
     from kinject.runs import RunRecorder, inputs_hash, is_complete
@@ -97,10 +97,6 @@ def train_sft(cfg, out: str | Path | None = None) -> Path:
         raise UserError(f"grip sft: no row fits max_length={cfg.max_length}; raise it")
     work = out.parent / f".{out.name}.work"
     device_kw = trainer_device_kwargs()
-    if not is_distributed_launch():
-        # trainer_device_kwargs() names gloo even for one process, and a backend makes
-        # accelerate look for a process group that a plain `python -m` run never forms
-        device_kw.pop("ddp_backend", None)
     if cfg.gradient_checkpointing:
         device_kw["gradient_checkpointing"] = True
     if cfg.bf16 and torch.cuda.is_available():
