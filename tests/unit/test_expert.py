@@ -111,6 +111,30 @@ def test_sft_masks_prompt_positions_with_the_real_template(tiny_model_dir, domai
         assert tok.decode(trained) == row["output"] + "<|im_end|>"
 
 
+def test_sft_with_a_qwen3_template_trains_non_thinking_answers_only(tiny_model_dir, domain, tmp_path):
+    """A template without generation markers (Qwen3's, as shipped with TRL): TRL swaps in its
+    training copy; the user turn stays masked and the non-thinking answer is what is trained."""
+    import trl
+
+    from kinject.expert.sft import make_sft_trainer, sft_datasets
+    from kinject.models import load_causal_lm
+
+    model, tok = load_causal_lm(tiny_model_dir, device="cpu")
+    tok.chat_template = (Path(trl.__file__).parent / "chat_templates" / "qwen3.jinja").read_text()
+    cfg = SftConfig(model=str(tiny_model_dir), data=str(domain / "qa_train.jsonl"), out=str(tmp_path / "o"),
+                    max_length=256)
+    train_ds, val_ds, _ = sft_datasets(cfg)
+    trainer = make_sft_trainer(cfg, model, tok, train_ds, val_ds, tmp_path / "w")
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    prompt = tok.apply_chat_template(qa_conversation(json.loads((domain / "qa_train.jsonl").open().readline()))[:1],
+                                     tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert tok.decode(ids).startswith(prompt)  # non-thinking: empty think block, as at inference
+    trained = tok.decode([t for t, lab in zip(ids, labels) if lab != -100])
+    assert trained.startswith("<think>\n\n</think>\n\n") and trained.strip().endswith("%<|im_end|>")
+    assert "Question:" not in trained
+
+
 # ------------------------------------------------------------------- DAPT
 def test_dapt_keeps_best_checkpoint_and_writes_curves(tiny_model_dir, domain, tmp_path):
     from kinject.expert.dapt import run_dapt
