@@ -47,7 +47,7 @@ FAST = TrainSection(learning_rate=3e-3, max_steps=12, eval_steps=4, logging_step
 
 def dapt_cfg(domain: Path, model: Path, out: Path, **kw) -> DaptConfig:
     base = dict(model=str(model), corpus=str(domain / "knowledge_base.jsonl"), out=str(out),
-                block_size=32, val_share=0.1, train=FAST)
+                block_size=32, val_share=0.1, separator="<|endoftext|>", train=FAST)
     return DaptConfig(**{**base, **kw})
 
 

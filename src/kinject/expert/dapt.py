@@ -123,7 +123,7 @@ def run_dapt(cfg: DaptConfig, force: bool = False, callbacks: list | None = None
     span = make_progress_callback()
     trainer = Trainer(
         model=model,
-        args=TrainingArguments(**training_kwargs(cfg.train, work, cfg.seed)),
+        args=TrainingArguments(**training_kwargs(cfg.train, work, cfg.seed, count_tokens="all")),
         train_dataset=train_ds,
         eval_dataset=val_ds,
         data_collator=default_data_collator,  # blocks are full: no padding, labels = inputs

@@ -32,8 +32,11 @@ def work_dir_for(out: str | Path) -> Path:
     return out.with_name(out.name + ".checkpoints")
 
 
-def training_kwargs(train: TrainSection, work_dir: Path, seed: int) -> dict[str, Any]:
-    """`TrainingArguments` fields (also valid for TRL's `SFTConfig`) for one config section."""
+def training_kwargs(train: TrainSection, work_dir: Path, seed: int, count_tokens: str = "non_padding") -> dict[str, Any]:
+    """`TrainingArguments` fields (also valid for TRL's `SFTConfig`) for one config section.
+
+    `count_tokens`: "all" for packed blocks (no padding; the separator may be the pad token),
+    "non_padding" for padded SFT batches."""
     kw: dict[str, Any] = dict(
         output_dir=str(work_dir),
         learning_rate=train.learning_rate,
@@ -61,7 +64,7 @@ def training_kwargs(train: TrainSection, work_dir: Path, seed: int) -> dict[str,
         data_seed=seed,
         activation_checkpointing=train.gradient_checkpointing,
         dataloader_num_workers=train.dataloader_workers,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen=count_tokens,
     )
     kw.update(trainer_device_kwargs())
     if not is_distributed_launch():
