@@ -35,10 +35,14 @@ def generate_texts(
     max_new_tokens: int = 32,
     batch_size: int = 32,
     skip_special_tokens: bool = True,
+    extra_stop_ids: Sequence[int] = (),
     **generate_kwargs,
 ) -> list[Generation]:
-    """Greedy-decode each prompt (already chat-rendered text); return the new text per prompt."""
-    stops = stop_token_ids(tokenizer)
+    """Greedy-decode each prompt (already chat-rendered text); return the new text per prompt.
+
+    `extra_stop_ids` end a row too (e.g. GRIP's `[SOLVED]`); the stop token is not in the text.
+    """
+    stops = stop_token_ids(tokenizer) + [i for i in extra_stop_ids if i not in stop_token_ids(tokenizer)]
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     out: list[Generation] = []

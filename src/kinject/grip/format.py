@@ -1,0 +1,118 @@
+"""GRIP's turn format: the ONE renderer and parser used by data synthesis, SFT, RL and inference.
+
+The public release formatted references and the intermediary differently at training and at
+inference; here every stage calls `round_messages` / `parse_turn`, so they cannot drift.
+
+A model turn is one of
+- final: `[ANSWER] <answer> [SOLVED]`
+- plan:  `[INTERMEDIARY] <partial answer> [RETRIEVE] <new query>` (query runs to the end)
+- other: anything else, treated as a final answer by the agent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+ANSWER, SOLVED, INTERMEDIARY, RETRIEVE = "[ANSWER]", "[SOLVED]", "[INTERMEDIARY]", "[RETRIEVE]"
+CONTROL_TOKENS = (ANSWER, SOLVED, INTERMEDIARY, RETRIEVE)
+
+INSTRUCTION = (
+    "Answer the original query. If you know the answer, reply with [ANSWER] followed by the "
+    "answer and [SOLVED]. If you need more information, reply with [INTERMEDIARY] followed by "
+    "what you know so far, then [RETRIEVE] followed by a search query for the missing "
+    "information. Use the intermediary and the reference text when they are given."
+)
+FORCE_INSTRUCTION = "This is the last round: you must answer now with [ANSWER]."
+
+TurnKind = Literal["final", "plan", "other"]
+
+
+@dataclass(frozen=True)
+class Turn:
+    kind: TurnKind
+    answer: str = ""
+    intermediary: str = ""
+    query: str = ""
+    raw: str = ""
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def strip_control(text: str) -> str:
+    """Remove control-token strings from free text (answers, passages, queries)."""
+    for tok in CONTROL_TOKENS:
+        text = text.replace(tok, " ")
+    return _squash(text)
+
+
+def final_turn(answer: str) -> str:
+    return f"{ANSWER} {strip_control(answer)} {SOLVED}"
+
+
+def plan_turn(intermediary: str, query: str) -> str:
+    return f"{INTERMEDIARY} {strip_control(intermediary)} {RETRIEVE} {strip_control(query)}"
+
+
+def format_references(passages: Sequence[str]) -> str:
+    return "\n".join(f"[{i}]. {_squash(p)}" for i, p in enumerate(passages, 1))
+
+
+def round_content(query: str, intermediary: str = "", references: Sequence[str] = (),
+                  force_answer: bool = False) -> str:
+    """The user message of one round: instruction + the three slots of SPEC-GRIP."""
+    lines = [INSTRUCTION]
+    if force_answer:
+        lines.append(FORCE_INSTRUCTION)
+    lines += [
+        f"Original Query: {_squash(query)}",
+        f"Intermediary: {strip_control(intermediary)}",
+        "Reference Text:",
+    ]
+    if references:
+        lines.append(format_references([strip_control(p) for p in references]))
+    return "\n".join(lines)
+
+
+def round_messages(query: str, intermediary: str = "", references: Sequence[str] = (),
+                   force_answer: bool = False) -> list[dict]:
+    return [{"role": "user", "content": round_content(query, intermediary, references, force_answer)}]
+
+
+def assistant_prefill(force_answer: bool) -> str:
+    """The forced last round pre-fills the assistant turn with `[ANSWER]`."""
+    return f"{ANSWER} " if force_answer else ""
+
+
+_FINAL = re.compile(re.escape(ANSWER) + r"(.*?)(?:" + re.escape(SOLVED) + r"|$)", re.S)
+_PLAN = re.compile(re.escape(INTERMEDIARY) + r"(.*?)" + re.escape(RETRIEVE) + r"(.*)$", re.S)
+
+
+def parse_turn(text: str) -> Turn:
+    """Parse a generated turn. A plan needs both markers; `[ANSWER]` without `[SOLVED]` (the stop
+    token cut off) is still final; anything else is `other` (the agent treats it as final)."""
+    raw = text
+    a = text.find(ANSWER)
+    i = text.find(INTERMEDIARY)
+    if i != -1 and (a == -1 or i < a):
+        m = _PLAN.search(text, i)
+        if m:
+            return Turn("plan", intermediary=strip_control(m.group(1)),
+                        query=strip_control(m.group(2)), raw=raw)
+    if a != -1:
+        m = _FINAL.search(text, a)
+        if m:
+            return Turn("final", answer=strip_control(m.group(1)), raw=raw)
+    return Turn("other", answer=strip_control(text), raw=raw)
+
+
+_NON_WORD = re.compile(r"[^\w]+", re.UNICODE)
+
+
+def clean_query(query: str) -> str:
+    """Release behaviour: non-word characters -> spaces (safe for any search backend)."""
+    return _squash(_NON_WORD.sub(" ", query))

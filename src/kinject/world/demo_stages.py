@@ -1,0 +1,27 @@
+"""Demo stage `world` (order 10): build the tiny world; point later stages at the shipped
+foundation models (tokenizer, base, expert init) under assets/foundation/tiny."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kinject.demo import DemoContext, stage
+
+REPO = Path(__file__).resolve().parents[3]
+TINY_CONFIG = REPO / "configs/world/tiny.yaml"
+FOUNDATION = REPO / "assets/foundation/tiny"
+
+
+@stage("world", order=10, help="synthetic private-knowledge world (tiny) + shipped foundation models")
+def world_stage(ctx: DemoContext, out: Path) -> None:
+    from kinject.world.build import build_world
+    from kinject.world.checks import run_checks
+
+    world = build_world(TINY_CONFIG, out / "world")  # skips itself when unchanged
+    checks = run_checks(world)
+    failed = [k for k, c in checks.items() if not c["ok"]]
+    if failed:
+        raise RuntimeError(f"world checks failed: {failed}")
+    ctx.artifacts["world"] = world
+    ctx.artifacts["foundation"] = FOUNDATION
+    ctx.summary["world: separation/split checks passed"] = len(checks)

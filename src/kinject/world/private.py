@@ -1,0 +1,59 @@
+"""Private-domain files: the DAPT knowledge base and the QA splits (split by fact)."""
+
+from __future__ import annotations
+
+import random
+
+from kinject.world.facts import World, answers, question, statement
+from kinject.world.spec import DomainSpec
+
+
+def knowledge_base(world: World, d: DomainSpec, n_para: int, rng: random.Random) -> list[dict]:
+    """n_para documents per entity, each stating every fact; attribute order shuffled and the
+    statement paraphrase rotated so every paraphrase of every fact is used."""
+    rows = []
+    for et in d.entity_types:
+        for e in world.of_type(et.name):
+            offset = rng.randrange(len(et.attributes[0].statements))
+            for p in range(n_para):
+                attrs = list(et.attributes)
+                rng.shuffle(attrs)
+                text = " ".join(statement(a, p + offset, e.name, e.facts) for a in attrs)
+                rows.append({"text": text, "entity": e.name, "domain": d.name})
+    rng.shuffle(rows)
+    return rows
+
+
+def qa_splits(world: World, d: DomainSpec, dev_fraction: float, rng: random.Random) -> dict[str, list[dict]]:
+    """train: every seen wording of every train fact; dev: held-out facts with a seen wording;
+    dev_para: the same held-out facts with a held-out wording."""
+    facts = [(e, a) for et in d.entity_types for e in world.of_type(et.name) for a in et.attributes]
+    rng.shuffle(facts)
+    n_dev = round(len(facts) * dev_fraction)
+    dev, train = facts[:n_dev], facts[n_dev:]
+
+    def row(split: str, i: int, e, a, template: str) -> dict:
+        value = e.facts[a.name]
+        return {
+            "id": f"{d.name}-{split}-{i:05d}",
+            "domain": d.name,
+            "entity": e.name,
+            "attribute": a.name,
+            "instruction": d.instruction,
+            "input": question(template, e.name),
+            "output": value,
+            "answer": answers(value),
+            "background": statement(a, 0, e.name, e.facts),
+        }
+
+    out: dict[str, list[dict]] = {"train": [], "dev": [], "dev_para": []}
+    for e, a in train:
+        for t in a.questions:
+            out["train"].append(row("train", len(out["train"]), e, a, t))
+    rng.shuffle(out["train"])
+    for i, r in enumerate(out["train"]):
+        r["id"] = f"{d.name}-train-{i:05d}"
+    for e, a in dev:
+        out["dev"].append(row("dev", len(out["dev"]), e, a, rng.choice(a.questions)))
+        out["dev_para"].append(row("dev_para", len(out["dev_para"]), e, a, rng.choice(a.heldout_questions)))
+    return out
