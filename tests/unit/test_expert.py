@@ -17,6 +17,17 @@ from kinject.expert.data import holdout, load_corpus, pack_blocks, qa_conversati
 INSTRUCTION = "You are an expert in catalytic materials."
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """1 torch thread: on a busy 2-core CPU, 2 threads made these trainings 5-10x slower."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _write_jsonl(path: Path, rows) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
