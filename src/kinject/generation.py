@@ -20,6 +20,8 @@ class Generation:
     text: str
     n_prompt_tokens: int
     n_new_tokens: int
+    # the generated ids, cut before the first stop token (memory construction needs the exact ids)
+    token_ids: tuple[int, ...] = ()
 
 
 def _batches(items: Sequence, size: int):
@@ -59,12 +61,42 @@ def generate_texts(
                 **generate_kwargs,
             )
             new = seqs[:, enc["input_ids"].shape[1] :]
-            for row, mask in zip(new, enc["attention_mask"], strict=True):
-                ids = row.tolist()
-                # cut at the first stop token (rows that stopped early are padded afterwards)
-                n = next((i for i, t in enumerate(ids) if t in stops), len(ids))
-                text = tokenizer.decode(ids[:n], skip_special_tokens=skip_special_tokens)
-                out.append(Generation(text.strip(), int(mask.sum()), n))
+            out += _cut_at_stops(tokenizer, new, enc["attention_mask"], stops, skip_special_tokens)
     finally:
         tokenizer.padding_side = old_side
     return out
+
+
+def _cut_at_stops(tokenizer, new, attention_mask, stops, skip_special_tokens) -> list[Generation]:
+    out = []
+    for row, mask in zip(new, attention_mask, strict=True):
+        ids = row.tolist()
+        # cut at the first stop token (rows that stopped early are padded afterwards)
+        n = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+        text = tokenizer.decode(ids[:n], skip_special_tokens=skip_special_tokens)
+        out.append(Generation(text.strip(), int(mask.sum()), n, tuple(ids[:n])))
+    return out
+
+
+@torch.no_grad()
+def generate_from_embeds(
+    model,
+    tokenizer,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int = 32,
+    skip_special_tokens: bool = True,
+    **generate_kwargs,
+) -> list[Generation]:
+    """Greedy-decode one left-padded batch given as input embeddings (GAG's injected prompts)."""
+    stops = stop_token_ids(tokenizer)
+    new = model.generate(
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=stops,
+        pad_token_id=tokenizer.pad_token_id,
+        **generate_kwargs,
+    )  # with inputs_embeds only, generate returns the new tokens alone
+    return _cut_at_stops(tokenizer, new, attention_mask, stops, skip_special_tokens)

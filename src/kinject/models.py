@@ -59,6 +59,13 @@ def check_model_dir(path: str | os.PathLike, need_tokenizer: bool = False) -> Pa
     return p
 
 
+def quiet_transformers() -> None:
+    """No weight-loading progress bars: they would stand before a one-line `error:` message."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(path: str | os.PathLike):
     from transformers import AutoTokenizer
 
@@ -83,6 +90,7 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     p = check_model_dir(path, need_tokenizer=with_tokenizer)
+    quiet_transformers()
     dev = resolve_device(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -158,6 +166,7 @@ def set_generation_stops(model, tokenizer) -> None:
 
 def save_model(model, tokenizer, out: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
     """Save model + tokenizer as a normal HF directory, atomically."""
+    quiet_transformers()
     with atomic_dir(out) as tmp:
         to_save = model
         if dtype is not None and dtype != next(model.parameters()).dtype:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 
 import regex
 
+from kinject.errors import UserError
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
 # DPR's SimpleTokenizer: runs of letters/digits/marks, or one symbol that is not space/control.
@@ -86,3 +88,134 @@ ANSWER_METRICS: dict[str, AnswerMetric] = {
     "cover_em": cover_em,
     "has_answer": has_answer,
 }
+
+
+# ROUGE -----------------------------------------------------------------------------------
+# Hand-written because no ROUGE library is installed in the project venv (rouge-score would add
+# nltk + absl for ~40 lines of n-gram counting). It follows Google's `rouge-score` exactly on
+# ASCII text (lowercase, non-alphanumerics split tokens, no stemming, F-measure, ROUGE-L = LCS);
+# the parity test pins values computed with rouge-score 0.1.2. One deliberate extension: letters
+# outside ASCII stay in tokens (rouge-score drops them: "café" -> "caf").
+_ROUGE_TOKEN = regex.compile(r"[\p{L}\p{N}]+")
+
+
+def rouge_tokens(text: str) -> list[str]:
+    return _ROUGE_TOKEN.findall(text.lower())
+
+
+def _fmeasure(overlap: int, n_pred: int, n_gold: int) -> float:
+    if overlap == 0 or n_pred == 0 or n_gold == 0:
+        return 0.0
+    p, r = overlap / n_pred, overlap / n_gold
+    return 2 * p * r / (p + r)
+
+
+def _ngrams(tokens: list[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+
+def rouge_n(prediction: str, gold: str, n: int) -> float:
+    p, g = _ngrams(rouge_tokens(prediction), n), _ngrams(rouge_tokens(gold), n)
+    return _fmeasure(sum((p & g).values()), sum(p.values()), sum(g.values()))
+
+
+def _lcs_length(a: list[str], b: list[str]) -> int:
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(prediction: str, gold: str) -> float:
+    p, g = rouge_tokens(prediction), rouge_tokens(gold)
+    return _fmeasure(_lcs_length(p, g), len(p), len(g))
+
+
+def rouge(prediction: str, golds: str | Sequence[str]) -> float:
+    """Mean of ROUGE-1, ROUGE-2 and ROUGE-L F-measures (GRIP's "ROUGE"), max over golds."""
+    return max(
+        ((rouge_n(prediction, g, 1) + rouge_n(prediction, g, 2) + rouge_l(prediction, g)) / 3 for g in _as_list(golds)),
+        default=0.0,
+    )
+
+
+ANSWER_METRICS["rouge"] = rouge
+
+
+# Registry --------------------------------------------------------------------------------
+# Every metric scores a batch: (predictions, golds per prediction, options) -> one value each.
+# Answer metrics are per-example functions; model-based ones (semantic.py) batch for speed.
+BatchMetric = Callable[[Sequence[str], Sequence[Sequence[str]], "dict | None"], list[float]]
+
+
+def _per_example(fn: AnswerMetric) -> BatchMetric:
+    def batch(predictions, golds, options=None):
+        if options:
+            raise UserError(f"metric {fn.__name__!r} takes no options (got {', '.join(options)})")
+        return [fn(p, g) for p, g in zip(predictions, golds, strict=True)]
+
+    return batch
+
+
+def _bertscore_f1(predictions, golds, options=None):
+    from kinject.eval.semantic import bertscore_f1
+
+    return bertscore_f1(predictions, golds, options)
+
+
+def _sts(predictions, golds, options=None):
+    from kinject.eval.semantic import sts
+
+    return sts(predictions, golds, options)
+
+
+METRICS: dict[str, BatchMetric] = {name: _per_example(fn) for name, fn in ANSWER_METRICS.items()}
+METRICS["bertscore_f1"] = _bertscore_f1
+METRICS["sts"] = _sts
+
+
+def register_metric(name: str):
+    """Decorator: add a batch metric `fn(predictions, golds, options) -> list[float]`."""
+
+    def deco(fn: BatchMetric) -> BatchMetric:
+        METRICS[name] = fn
+        return fn
+
+    return deco
+
+
+def check_metrics(names: Sequence[str], where: str = "") -> list[str]:
+    """Validate metric names (one-line error naming the unknown one and the known ones)."""
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise UserError(f"no metrics given{where}; known metrics: {', '.join(METRICS)}")
+    for n in names:
+        if n not in METRICS:
+            raise UserError(f"unknown metric {n!r}{where}; known metrics: {', '.join(METRICS)}")
+    return names
+
+
+def check_metric_options(options: dict[str, dict], metrics: Sequence[str], where: str = "") -> None:
+    """Options must name a metric that is used and keys that metric knows (checked up front)."""
+    from kinject.config import build_config
+    from kinject.eval.semantic import BertScoreOptions, StsOptions
+
+    models = {"bertscore_f1": BertScoreOptions, "sts": StsOptions}
+    for name, opts in options.items():
+        check_metrics([name], where)
+        if name not in metrics:
+            raise UserError(f"options given for metric {name!r}{where}, which is not among the metrics scored")
+        if name not in models:
+            raise UserError(f"metric {name!r} takes no options{where}")
+        build_config(models[name], dict(opts or {}), f"options of metric {name!r}{where}")
+
+
+def compute_metric(
+    name: str, predictions: Sequence[str], golds: Sequence[Sequence[str]], options: dict | None = None
+) -> list[float]:
+    check_metrics([name])
+    golds = [_as_list(g) for g in golds]
+    return METRICS[name](list(predictions), golds, options)

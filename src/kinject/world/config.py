@@ -77,6 +77,7 @@ class TrainSettings(StrictModel):
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     log_every: int = 25
+    eval_every: int = 0  # quick EM on a dev sample every N steps (0: only at the end)
 
 
 @register_config
@@ -84,7 +85,8 @@ class FoundationConfig(StageConfig):
     kind: str = "foundation"
     preset: str = "tiny"
     vocab_size: int = 2048
-    threads: int = 2
+    threads: int = 1  # torch threads per training process
+    parallel: bool = True  # train base and expert init at the same time, one process each
     device: str = "auto"
     save_dtype: str = "bfloat16"
     answer_only_loss: bool = True  # chat rows: loss on the assistant answer only

@@ -22,6 +22,9 @@ def world_stage(ctx: DemoContext, out: Path) -> None:
     failed = [k for k, c in checks.items() if not c["ok"]]
     if failed:
         raise RuntimeError(f"world checks failed: {failed}")
+    if not (FOUNDATION / "base" / "config.json").is_file():
+        raise RuntimeError(f"shipped foundation models missing under {FOUNDATION} "
+                           "(re-create them with `kinject world pretrain`)")
     ctx.artifacts["world"] = world
     ctx.artifacts["foundation"] = FOUNDATION
     ctx.summary["world: separation/split checks passed"] = len(checks)

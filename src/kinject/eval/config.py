@@ -1,0 +1,46 @@
+"""`kind: eval` configs: which methods run on which datasets, scored with which metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from kinject.config import StageConfig, StrictModel, register_config
+
+
+class MethodEntry(StrictModel):
+    name: str  # a registered method name, e.g. base, rag_k3, gag
+    options: dict[str, Any] = Field(default_factory=dict)  # validated by the method's options model
+
+
+class DatasetEntry(StrictModel):
+    name: str  # column name in the report, e.g. materials, wiki_2hop
+    path: Path  # JSONL with question/input + answer; relative paths resolve under data_root
+    split: str = "test"
+    where: dict[str, Any] = Field(default_factory=dict)  # keep rows with these field values (hops: 2)
+    limit: int | None = None  # first N questions (after `where`)
+    metrics: list[str] | None = None  # overrides the config's metrics for this dataset
+
+
+class EvalConfig(StageConfig):
+    kind: str = "eval"
+    data_root: Path | None = None
+    methods: list[MethodEntry]
+    datasets: list[DatasetEntry]
+    metrics: list[str] = Field(default_factory=lambda: ["em", "f1", "has_answer"])
+    metric_options: dict[str, dict[str, Any]] = Field(default_factory=dict)  # bertscore_f1: {num_layers: 8}
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 16
+    max_new_tokens: int = 32
+    limit: int | None = None  # cap on questions per dataset (quick runs)
+    num_threads: int | None = None  # torch intra-op threads while methods answer (None: unchanged)
+    plots: bool = True
+
+    def dataset_path(self, d: DatasetEntry) -> Path:
+        return d.path if d.path.is_absolute() or self.data_root is None else self.data_root / d.path
+
+
+register_config(EvalConfig)

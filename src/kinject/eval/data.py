@@ -1,0 +1,128 @@
+"""Evaluation questions and predictions: reading, validating and matching them.
+
+A reference row needs a question (`question`, or `input` as the world's QA files name it) and
+gold answers (`answer`: a list or a string). `id` is optional. Predictions are matched to
+references by `id` when both carry one, else by the question text (whitespace-normalized). A
+`prediction` that is a list (GRIP's release writes the answer of every turn) is scored by its
+last element.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kinject.errors import UserError
+from kinject.io import iter_jsonl
+
+QUESTION_FIELDS = ("question", "input")
+ANSWER_FIELDS = ("answer", "answers")
+HIDDEN_FIELDS = (*ANSWER_FIELDS, "output")  # gold answers: never shown to a method
+
+
+def _question_key(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+@dataclass
+class Question:
+    """One evaluation item; `row` keeps every original field (instruction, domain, hops...)."""
+
+    question: str
+    answers: list[str]
+    id: str | None = None
+    row: dict[str, Any] = field(default_factory=dict)
+
+    def as_input(self) -> dict[str, Any]:
+        """What a Method's `answer(batch)` receives: the row with normalized `id` and `question`,
+        without the gold answer fields (`answer`, `answers`, `output`), so no method can peek."""
+        row = {k: v for k, v in self.row.items() if k not in HIDDEN_FIELDS}
+        return {**row, "id": self.id, "question": self.question}
+
+
+def _answers(raw: Any, where: str) -> list[str]:
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(a, (str, int, float)) for a in raw):
+        raise UserError(f"{where}: answers must be a string or a list of strings")
+    golds = [str(a) for a in raw if str(a).strip()]
+    if not golds:
+        raise UserError(f"{where}: empty gold answer list (every question needs an answer to be scored)")
+    return golds
+
+
+def load_questions(
+    path: str | os.PathLike, where: dict[str, Any] | None = None, limit: int | None = None
+) -> list[Question]:
+    """Read a question file; `where` keeps rows whose fields equal the given values."""
+    p = Path(path)
+    out: list[Question] = []
+    for lineno, row in enumerate(iter_jsonl(p), 1):
+        loc = f"{p}:{lineno}"
+        qf = next((f for f in QUESTION_FIELDS if f in row), None)
+        if qf is None:
+            raise UserError(f"{loc}: no question field (expected one of {', '.join(QUESTION_FIELDS)})")
+        af = next((f for f in ANSWER_FIELDS if f in row), None)
+        if af is None:
+            raise UserError(f"{loc}: missing answers (expected a field {' or '.join(map(repr, ANSWER_FIELDS))}); "
+                            "this file cannot be scored")
+        if where and any(row.get(k) != v for k, v in where.items()):
+            continue
+        qid = row.get("id")
+        out.append(Question(str(row[qf]), _answers(row[af], loc), None if qid is None else str(qid), row))
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        extra = f" matching {where}" if where else ""
+        raise UserError(f"{p}: no questions{extra}")
+    return out
+
+
+def prediction_text(value: Any) -> str:
+    """A prediction as text: lists (one answer per turn) are scored by their last element."""
+    if isinstance(value, list):
+        value = value[-1] if value else ""
+    return "" if value is None else str(value)
+
+
+def load_predictions(path: str | os.PathLike) -> list[dict]:
+    p = Path(path)
+    rows = []
+    for lineno, row in enumerate(iter_jsonl(p, required=("prediction",)), 1):
+        if "id" not in row and not any(f in row for f in QUESTION_FIELDS):
+            raise UserError(f"{p}:{lineno}: a prediction needs an 'id' or a 'question' to be matched")
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class Matched:
+    predictions: list[str]  # one per question, "" when missing
+    missing: list[Question]  # questions without a prediction (scored as wrong)
+    unmatched: int  # predictions that fit no question (ignored)
+
+
+def match_predictions(questions: list[Question], predictions: list[dict]) -> Matched:
+    by_id: dict[str, dict] = {}
+    by_q: dict[str, dict] = {}
+    for row in predictions:
+        if row.get("id") is not None:
+            by_id.setdefault(str(row["id"]), row)
+        q = next((row[f] for f in QUESTION_FIELDS if f in row), None)
+        if q is not None:
+            by_q.setdefault(_question_key(q), row)
+    used: set[int] = set()
+    texts, missing = [], []
+    for q in questions:
+        hit = by_id.get(q.id) if q.id is not None else None
+        if hit is None:
+            hit = by_q.get(_question_key(q.question))
+        if hit is None:
+            missing.append(q)
+            texts.append("")
+        else:
+            used.add(id(hit))
+            texts.append(prediction_text(hit["prediction"]))
+    return Matched(texts, missing, sum(id(r) not in used for r in predictions))

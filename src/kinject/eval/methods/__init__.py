@@ -1,0 +1,1 @@
+"""Built-in evaluation methods, one module each (discovered by `kinject.eval.method`)."""

@@ -1,0 +1,178 @@
+"""`report.md` and PNG plots from results rows, laid out like the papers' tables.
+
+A main table (rows = methods; columns = each dataset's headline metric, the first listed for it,
+then the efficiency columns: routing accuracy, added prompt tokens, median latency per question,
+retrievals, expert tokens when reported), then one table per answer metric. Plots: the primary metric per method and
+dataset (grouped bars) and the primary metric vs added prompt tokens (one point per method).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+from kinject.eval.results import ResultRow, format_value
+from kinject.io import atomic_path, write_text_atomic
+
+EFFICIENCY_METRICS = ("added_prompt_tokens", "latency_ms_p50", "avg_retrievals", "expert_tokens")
+ROUTING_METRICS = ("routing_accuracy", "routing_macro_accuracy")
+HEADINGS = {
+    "added_prompt_tokens": "added tokens",
+    "latency_ms_p50": "latency p50 (ms)",
+    "avg_retrievals": "retrievals",
+    "expert_tokens": "expert tokens",
+    "routing_accuracy": "routing acc.",
+    "routing_macro_accuracy": "routing macro acc.",
+}
+
+
+def _method_mean(rows: Sequence[ResultRow], method: str, metric: str) -> float | None:
+    """Mean over a method's datasets, weighted by question count."""
+    sel = [r for r in rows if r.method == method and r.metric == metric]
+    if not sel:
+        return None
+    if metric == "latency_ms_p50":  # a median of medians: the per-dataset medians' median
+        return statistics.median(r.value for r in sel)
+    total = sum(r.n for r in sel)
+    return sum(r.value * r.n for r in sel) / total if total else None
+
+
+def _datasets(rows: Sequence[ResultRow]) -> list[str]:
+    return list(dict.fromkeys(r.dataset for r in rows))
+
+
+def primary_metric(rows: Sequence[ResultRow], dataset: str) -> str | None:
+    """The first answer metric recorded for a dataset (the config lists the headline first)."""
+    skip = set(EFFICIENCY_METRICS) | set(ROUTING_METRICS)
+    return next((r.metric for r in rows if r.dataset == dataset and r.metric not in skip), None)
+
+
+def markdown_report(rows: Sequence[ResultRow], title: str = "Evaluation report", notes: Sequence[str] = ()) -> str:
+    methods = list(dict.fromkeys(r.method for r in rows))
+    datasets = _datasets(rows)
+    splits = {r.dataset: r.split for r in rows}
+    ns = {r.dataset: r.n for r in rows if r.metric not in EFFICIENCY_METRICS}
+    cell = {(r.method, r.dataset, r.metric): r for r in rows}
+    skip = set(EFFICIENCY_METRICS) | set(ROUTING_METRICS)
+    answer_metrics = list(dict.fromkeys(r.metric for r in rows if r.metric not in skip))
+    extra = [m for m in (*ROUTING_METRICS, *EFFICIENCY_METRICS) if any(r.metric == m for r in rows)]
+
+    def efficiency_cells(m: str) -> list[str]:
+        vals = []
+        for e in extra:
+            v = _method_mean(rows, m, e)
+            vals.append("-" if v is None else format_value(e, v))
+        return vals
+
+    lines = [f"# {title}", ""]
+    lines += [f"Datasets: {', '.join(f'{d} ({splits[d]}, n={ns.get(d, 0)})' for d in datasets)}.", ""]
+    # the papers' layout: one headline number per dataset, then the efficiency columns
+    heads = [(d, primary_metric(rows, d)) for d in datasets if primary_metric(rows, d)]
+    lines += ["## Main table", ""]
+    head = ["method", *(f"{d} ({m})" for d, m in heads), *(HEADINGS[m] for m in extra)]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        vals = [format_value(k, cell[(m, d, k)].value) if (m, d, k) in cell else "-" for d, k in heads]
+        lines.append("| " + " | ".join([m, *vals, *efficiency_cells(m)]) + " |")
+    lines.append("")
+    if extra:
+        lines += ["Efficiency columns: mean over the method's datasets, weighted by question count",
+                  "(latency: median of the per-dataset medians, per question, with batched decoding).", ""]
+    for metric in answer_metrics:
+        cols = [d for d in datasets if any((m, d, metric) in cell for m in methods)]
+        lines += [f"## {metric}", ""]
+        lines += ["| " + " | ".join(["method", *cols]) + " |", "|" + "---|" * (len(cols) + 1)]
+        for m in methods:
+            vals = [format_value(metric, cell[(m, d, metric)].value) if (m, d, metric) in cell else "-" for d in cols]
+            lines.append("| " + " | ".join([m, *vals]) + " |")
+        lines.append("")
+    lines += [*notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(out: Path, rows: Sequence[ResultRow], title: str = "Evaluation report",
+                 notes: Sequence[str] = (), plots: bool = True) -> list[Path]:
+    if plots:
+        notes = [*notes, "", "![accuracy per method and dataset](accuracy.png)",
+                 "![accuracy vs added tokens](accuracy_vs_tokens.png)"]
+    written = [write_text_atomic(out / "report.md", markdown_report(rows, title, notes))]
+    if plots:
+        written += plot_results(out, rows)
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_results(out: Path, rows: Sequence[ResultRow]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r.method for r in rows))
+    datasets = [d for d in _datasets(rows) if primary_metric(rows, d)]
+    cell = {(r.method, r.dataset, r.metric): r.value for r in rows}
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(datasets) * max(1, len(methods)) / 2), 3.6))
+    width = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        ys = [cell.get((m, d, primary_metric(rows, d)), 0.0) for d in datasets]
+        bars = ax.bar([j + i * width for j in range(len(datasets))], ys, width, label=m)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(datasets))])
+    ax.set_xticklabels([f"{d}\n({primary_metric(rows, d)})" for d in datasets])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
+    ax.set_title("Accuracy per method and dataset")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    paths.append(_save(fig, out / "accuracy.png"))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for m in methods:
+        x = _method_mean(rows, m, "added_prompt_tokens")
+        ys = [cell[(m, d, primary_metric(rows, d))] for d in datasets if (m, d, primary_metric(rows, d)) in cell]
+        if x is None or not ys:
+            continue
+        y = sum(ys) / len(ys)
+        ax.scatter([x], [y])
+        ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    xmax = max((_method_mean(rows, m, "added_prompt_tokens") or 0.0 for m in methods), default=0.0)
+    ax.set_xlim(-0.05 * xmax - 1, 1.2 * xmax + 1)
+    ax.set_xlabel("added prompt tokens per question")
+    ax.set_ylabel("mean primary score over datasets")
+    ax.set_ylim(0, 1)
+    ax.set_title("Accuracy vs added tokens")
+    paths.append(_save(fig, out / "accuracy_vs_tokens.png"))
+    plt.close(fig)
+    return paths
+
+
+def plot_confusion(path: Path, report, title: str = "") -> Path:
+    """Routing confusion matrix (rows = gold domain, columns = route), counts in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(report.labels)
+    fig, ax = plt.subplots(figsize=(1.2 * n + 2, 1.0 * n + 1.5))
+    ax.imshow(report.confusion, cmap="Blues")
+    ax.set_xticks(range(n), report.labels, rotation=30, ha="right")
+    ax.set_yticks(range(n), report.labels)
+    top = max(max(r) for r in report.confusion) or 1
+    for i, r in enumerate(report.confusion):
+        for j, v in enumerate(r):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
+    ax.set_xlabel("route")
+    ax.set_ylabel("gold domain")
+    ax.set_title(f"Routing {title} (acc {report.accuracy:.3f}, macro {report.macro_accuracy:.3f})", fontsize=9)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path

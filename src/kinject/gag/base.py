@@ -1,0 +1,165 @@
+"""The injected base: a frozen causal LM whose `<GAG>` placeholder embeddings are overwritten.
+
+Prompt (SPEC-GAG): the user turn `{instruction}\\n{request}\\nQuestion: {q}\\nKnowledge:
+<GAG>x S\\n` through the base's chat template (`kinject.prompts.gag_messages`), then the
+assistant prefix. The S placeholder embeddings are overwritten in place by the injector's S
+vectors, and the base runs on `inputs_embeds` (training forward, batched generation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from kinject.errors import UserError
+from kinject.prompts import gag_messages, render, with_answer
+from kinject.tokenizer import GAG_TOKEN, IM_END
+
+
+def ensure_gag_token(model, tokenizer, say=None) -> bool:
+    """Add `<GAG>` as a special token when the tokenizer lacks it (resizing the embeddings
+    only if its id falls outside them). Returns True when it was added; `say` gets a message."""
+    if GAG_TOKEN in tokenizer.get_vocab():
+        return False
+    tokenizer.add_tokens([GAG_TOKEN], special_tokens=True)
+    rows = model.get_input_embeddings().weight.shape[0]
+    msg = f"added {GAG_TOKEN} to the base tokenizer (id {tokenizer.convert_tokens_to_ids(GAG_TOKEN)})"
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(len(tokenizer))
+        msg += f"; resized the base's embeddings {rows} -> {len(tokenizer)} rows"
+    if say is not None:
+        say(msg)
+    return True
+
+
+@dataclass
+class TrainBatch:
+    input_ids: torch.Tensor  # [B, T] right padded
+    attention_mask: torch.Tensor
+    labels: torch.Tensor  # -100 except answer tokens + end of turn
+
+    @property
+    def answer_mask(self) -> torch.Tensor:
+        return self.labels != -100
+
+    def to(self, device) -> TrainBatch:
+        return TrainBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+
+
+class InjectedBase:
+    def __init__(self, model, tokenizer, num_slots: int, instruction: str = "", say=None):
+        if num_slots < 1:
+            raise UserError(f"number of slots must be >= 1 (got {num_slots})")
+        self.model, self.tokenizer = model, tokenizer
+        self.num_slots = num_slots
+        self.instruction = instruction
+        self.added_gag = ensure_gag_token(model, tokenizer, say)
+        self.gag_id = tokenizer.convert_tokens_to_ids(GAG_TOKEN)
+        end = tokenizer.convert_tokens_to_ids(IM_END) if IM_END in tokenizer.get_vocab() else None
+        self.end_id = end if end is not None else tokenizer.eos_token_id
+        model.requires_grad_(False)
+        model.eval()
+
+    @classmethod
+    def load(cls, path, num_slots: int, device: str = "auto", dtype: str = "auto", instruction: str = "", say=None):
+        from kinject.models import load_causal_lm
+
+        model, tok = load_causal_lm(path, device=device, dtype=dtype)
+        return cls(model, tok, num_slots, instruction, say)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    def identity(self) -> dict:
+        """What an injector records about the base it was trained for. The fingerprint hashes a
+        few embedding rows rounded to bf16, so fp32 and bf16 loads of one checkpoint agree."""
+        emb = self.model.get_input_embeddings().weight[:16].detach().to("cpu", torch.bfloat16).float()
+        return {"model_type": self.model.config.model_type, "hidden_size": self.hidden_size,
+                "num_layers": self.model.config.num_hidden_layers, "vocab": len(self.tokenizer),
+                "fingerprint": hashlib.sha256(emb.numpy().tobytes()).hexdigest()[:16]}
+
+    # ------------------------------------------------------------------ prompts
+    def prompt_text(self, question: str, instruction: str | None = None) -> str:
+        """The GAG prompt; `instruction` (e.g. a row's domain instruction) overrides the default."""
+        instr = self.instruction if instruction is None else instruction
+        return render(self.tokenizer, gag_messages(question, self.num_slots, instr))
+
+    def encode_train(self, questions: Sequence[str], answers: Sequence[str], max_length: int = 512,
+                     instructions: Sequence[str | None] | None = None) -> TrainBatch:
+        """Prompt + answer + end of turn, right padded; labels on the answer and end of turn."""
+        rows, labels = [], []
+        instructions = instructions or [None] * len(questions)
+        for q, a, ins in zip(questions, answers, instructions, strict=True):
+            # the prompt with its assistant prefix, then the answer: exactly what the chat template
+            # renders for with_answer(...) (checked by a unit test)
+            p = self.tokenizer(self.prompt_text(q, ins), add_special_tokens=False)["input_ids"]
+            ans = self.tokenizer(a, add_special_tokens=False)["input_ids"] + [self.end_id]
+            if len(p) >= max_length:
+                raise UserError(f"GAG prompt of {len(p)} tokens does not fit max_length {max_length}: {q[:60]!r}")
+            ans = ans[: max_length - len(p)]
+            rows.append(p + ans)
+            labels.append([-100] * len(p) + ans)
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        lab = torch.full_like(ids, -100)
+        for i, (r, lb) in enumerate(zip(rows, labels)):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+            lab[i, : len(r)] = torch.tensor(lb)
+        return TrainBatch(ids, mask, lab)
+
+    def full_text(self, question: str, answer: str) -> str:
+        return render(self.tokenizer, with_answer(gag_messages(question, self.num_slots, self.instruction), answer),
+                      add_generation_prompt=False)
+
+    # ------------------------------------------------------------------ injection
+    def embed(self, input_ids: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with the S `<GAG>` rows of each sequence overwritten by `z [B, S, d]`."""
+        emb = self.model.get_input_embeddings()(input_ids)
+        where = input_ids == self.gag_id
+        counts = where.sum(1)
+        if not bool((counts == self.num_slots).all()):
+            raise ValueError(f"each prompt must hold {self.num_slots} {GAG_TOKEN} tokens, found {counts.tolist()}")
+        if tuple(z.shape) != (input_ids.shape[0], self.num_slots, emb.shape[-1]):
+            raise ValueError(f"z shape {tuple(z.shape)} != {(input_ids.shape[0], self.num_slots, emb.shape[-1])}")
+        emb[where] = z.reshape(-1, emb.shape[-1]).to(emb.dtype)  # in place, row-major = slot order
+        return emb
+
+    def forward(self, z: torch.Tensor, batch: TrainBatch, hidden: bool = False):
+        """Base outputs on the injected embeddings (gradients flow to z, never to the base)."""
+        batch = batch.to(self.device)
+        return self.model(inputs_embeds=self.embed(batch.input_ids, z), attention_mask=batch.attention_mask,
+                          output_hidden_states=hidden, use_cache=False)
+
+    @torch.no_grad()
+    def generate(self, questions: Sequence[str], z: torch.Tensor, max_new_tokens: int = 32,
+                 batch_size: int = 16, instructions: Sequence[str | None] | None = None, **generate_kwargs):
+        """Batched greedy answers given `z [N, S, d]`: left-padded prompts, `generate(inputs_embeds=...)`."""
+        from kinject.generation import generate_from_embeds
+
+        tok = self.tokenizer
+        old = tok.padding_side
+        tok.padding_side = "left"
+        out = []
+        instructions = instructions or [None] * len(questions)
+        try:
+            for i in range(0, len(questions), batch_size):
+                texts = [self.prompt_text(q, ins) for q, ins in
+                         zip(questions[i:i + batch_size], instructions[i:i + batch_size], strict=True)]
+                enc = tok(texts, return_tensors="pt",
+                          padding=True, add_special_tokens=False).to(self.device)
+                emb = self.embed(enc["input_ids"], z[i:i + batch_size].to(self.device))
+                out += generate_from_embeds(self.model, tok, emb, enc["attention_mask"], max_new_tokens,
+                                            **generate_kwargs)
+        finally:
+            tok.padding_side = old
+        return out

@@ -1,0 +1,70 @@
+"""`gag_stage3` config: Stage III injector training on a frozen base (SPEC-GAG), optionally
+preceded by an alignment phase on general-domain items (our addition; see DESIGN.md: the
+largest measured lever, so the shipped presets turn it on)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from kinject.config import StageConfig, StrictModel, register_config
+
+
+class PhaseConfig(StrictModel):
+    """One training phase: JSONL rows `{question, answer, [id], [background]}` + their memories."""
+
+    data: str
+    memory: str
+    steps: int = Field(100, ge=0)
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(16, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    limit: int | None = None
+
+
+class InjectorSettings(StrictModel):
+    pooling: Literal["stored", "attention"] = "stored"
+    mixer_clamp: float | None = 10.0
+    attention_dim: int = 64
+
+
+@register_config
+class Stage3Config(StageConfig):
+    kind: str = "gag_stage3"
+    base: str
+    out: str
+    instruction: str = ""
+    injector: InjectorSettings = InjectorSettings()
+    init_injector: str | None = None  # start from a saved injector (e.g. an alignment-only run)
+    alignment: PhaseConfig | None = None
+    domain: PhaseConfig | None = None
+    w_sem: float = Field(0.01, ge=0)
+    w_div: float = Field(0.001, ge=0)
+    encoder: str | None = None  # frozen sentence encoder for L_sem; None = shipped MiniLM
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    max_length: int = 512
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    device: str = "auto"
+    base_dtype: str = "auto"
+    threads: int | None = None  # torch CPU threads (None: leave as is)
+
+
+@register_config
+class GagAnswerConfig(StageConfig):
+    """Online GAG answering: expert -> background -> slots -> injector -> frozen base."""
+
+    kind: str = "gag_answer"
+    expert: str
+    base: str
+    injector: str
+    system: str = ""  # the expert's background system prompt (as in memory_build)
+    instruction: str = ""
+    max_background_tokens: int = 128
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    device: str = "auto"
+    dtype: str = "auto"

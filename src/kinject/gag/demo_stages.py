@@ -1,0 +1,71 @@
+"""Demo stage `gag` (order 70): Stage III per private domain, then GAG on dev / dev_para.
+
+Per domain: alignment phase on the world's general items (memories from `align_memory_<domain>`)
+then the domain phase (`memory_<domain>`), with `configs/gag/<domain>_stage3_tiny.yaml`, the
+shipped tiny base (`ctx.artifacts["foundation"]/base`) frozen. Then GAG is scored with the
+stored dev memories, with the zeroed/foreign-memory controls, into `<out>/<domain>/eval/`
+and `<out>/results.jsonl`. Sets `ctx.artifacts["injector_<domain>"]`. Skips itself when
+inputs are unchanged; a run started from other inputs is restarted (its checkpoints dropped).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kinject.demo import DemoContext, stage
+
+REPO = Path(__file__).resolve().parents[3]
+DOMAINS = ("materials", "adjuvant")
+QUICK = ["alignment.steps=400", "domain.steps=100"]
+SPLITS = {"dev": "{d}", "dev_para": "{d}_para"}  # world split -> results dataset name
+
+
+@stage("gag", order=70, help="GAG Stage III (alignment + domain) on the frozen base, scored on dev")
+def gag_stage(ctx: DemoContext, out: Path) -> None:
+    from kinject.config import load_config
+    from kinject.gag.config import Stage3Config
+    from kinject.gag.evaluate import evaluate_gag
+    from kinject.gag.trainer import Stage3Trainer
+    from kinject.io import read_jsonl, write_jsonl_atomic
+    from kinject.memory.demo_stages import fresh_or_resume
+    from kinject.memory.store import MemoryStore
+    from kinject.runs import RunRecorder, inputs_hash, is_complete
+
+    world, base = Path(ctx.artifacts["world"]), Path(ctx.artifacts["foundation"]) / "base"
+    all_rows = []
+    for domain in DOMAINS:
+        ddir = world / f"{domain}_domain"
+        mem, amem = Path(ctx.artifacts[f"memory_{domain}"]), Path(ctx.artifacts[f"align_memory_{domain}"])
+        cfg = load_config(REPO / f"configs/gag/{domain}_stage3_tiny.yaml", [
+            f"base={base}", f"out={out / domain}",
+            f"alignment.data={world / 'general' / 'align.jsonl'}", f"alignment.memory={amem}",
+            f"domain.data={ddir / 'qa_train.jsonl'}", f"domain.memory={mem}", *(QUICK if ctx.quick else []),
+        ], expect=Stage3Config)
+        h = inputs_hash(cfg, mem / "manifest.json", amem / "manifest.json", *sorted(base.glob("*.safetensors")))
+        run_dir = Path(cfg.out)
+        if not is_complete(run_dir, h):
+            fresh_or_resume(run_dir, h)
+            rec = RunRecorder(run_dir, "demo gag", cfg, cfg.seed)
+            trainer = Stage3Trainer(cfg, say=print)
+            with rec.timer("train"):
+                rec.metrics.update(trainer.train())
+            store = MemoryStore(mem)
+            rows = []
+            with rec.timer("eval"):
+                for split, name in SPLITS.items():
+                    res = evaluate_gag(trainer.injector.eval(), trainer.base, store,
+                                       read_jsonl(ddir / f"qa_{split}.jsonl"), name.format(d=domain), split)
+                    rows += res["results"]
+                    write_jsonl_atomic(run_dir / "eval" / f"predictions_{split}.jsonl", res["predictions"])
+                    rec.metrics[f"{split}/foreign_value_rate"] = res["foreign_value_rate"]
+            write_jsonl_atomic(run_dir / "eval" / "results.jsonl", rows)
+            rec.metrics.update({f"{r['split']}/{r['method']}/{r['metric']}": r["value"] for r in rows})
+            rec.write(inputs_hash=h)
+        rows = list(read_jsonl(run_dir / "eval" / "results.jsonl"))
+        all_rows += rows
+        ctx.artifacts[f"injector_{domain}"] = run_dir / "injector"
+        em = {(r["split"], r["method"]): r["value"] for r in rows if r["metric"] == "em"}
+        ctx.summary[f"gag {domain}: dev EM (zeroed / foreign memories)"] = (
+            f"{em[('dev', 'gag')]:.2f} ({em[('dev', 'gag_zero_memory')]:.2f} / {em[('dev', 'gag_foreign_memory')]:.2f})")
+        ctx.summary[f"gag {domain}: dev_para EM"] = f"{em[('dev_para', 'gag')]:.2f}"
+    write_jsonl_atomic(out / "results.jsonl", all_rows)

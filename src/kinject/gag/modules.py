@@ -1,0 +1,93 @@
+"""The injector's building blocks, each small and readable (SPEC-GAG Stage III).
+
+Shapes: B batch, L layers, S slots, T tokens, d_e expert hidden, d_b base hidden.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kinject.memory.compress import stabilize
+
+
+class LayerMixer(nn.Module):
+    """Per-slot cross-layer fusion: `m_s = sum_l softmax(W_s)_l * M[l, s]`, W zero-initialized."""
+
+    def __init__(self, num_layers: int, num_slots: int, clamp: float | None = 10.0):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(num_slots, num_layers))
+        self.clamp = clamp
+
+    def weights(self) -> torch.Tensor:
+        w = self.logits.clamp(-self.clamp, self.clamp) if self.clamp else self.logits
+        return torch.softmax(w, dim=-1)  # [S, L]
+
+    def forward(self, memory: torch.Tensor) -> torch.Tensor:  # [B, L, S, d_e] -> [B, S, d_e]
+        return torch.einsum("sl,blsd->bsd", self.weights(), memory)
+
+
+class GatedResidualProjector(nn.Module):
+    """`x = LN(m); b = Linear(x); n = LN(b); u = Lin.GELU.Lin(n); g = sigmoid(Lin(n)); z = b + g*u`.
+
+    Always computes in float32 (inputs are cast), whatever the base's dtype.
+    """
+
+    def __init__(self, expert_dim: int, base_dim: int):
+        super().__init__()
+        self.in_norm = nn.LayerNorm(expert_dim)
+        self.proj = nn.Linear(expert_dim, base_dim)
+        self.norm = nn.LayerNorm(base_dim)
+        self.up = nn.Sequential(nn.Linear(base_dim, base_dim), nn.GELU(), nn.Linear(base_dim, base_dim))
+        self.gate = nn.Linear(base_dim, base_dim)
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        b = self.proj(self.in_norm(m.float()))
+        n = self.norm(b)
+        return b + torch.sigmoid(self.gate(n)) * self.up(n)
+
+
+class SemanticHead(nn.Module):
+    """Linear(d_b, d_b) . GELU . Linear(d_b, d_s): base answer states -> encoder space (L_sem)."""
+
+    def __init__(self, base_dim: int, semantic_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(base_dim, base_dim), nn.GELU(), nn.Linear(base_dim, semantic_dim))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h.float())
+
+
+class AttentionSlotPooler(nn.Module):
+    """Learned slot pooling: S learned queries attend over the expert's per-token states.
+
+    Keys come from the stabilized token states (a shared Linear), values are the token states
+    themselves; each query gives one slot per layer, then the slots are stabilized like the
+    fixed poolers'. It never sees the gold answer: it learns *where* the informative tokens
+    are from the training signal alone. `traj [B, L, T, d_e]`, `mask [B, T]` -> `[B, L, S, d_e]`.
+    A sample with no token (T = 0) gives zero slots.
+    """
+
+    def __init__(self, expert_dim: int, num_slots: int, key_dim: int = 64, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.queries = nn.Parameter(torch.randn(num_slots, key_dim, generator=g) * key_dim ** -0.5)
+        self.key = nn.Linear(expert_dim, key_dim)
+        self.scale = key_dim ** -0.5
+
+    def attention(self, traj: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Pooling weights `[B, L, S, T]` (all-masked rows -> 0)."""
+        x = _clean(traj)
+        k = self.key(F.layer_norm(x, (x.shape[-1],), eps=1e-6))  # [B, L, T, k]
+        scores = torch.einsum("sk,bltk->blst", self.queries, k) * self.scale
+        m = mask[:, None, None, :].bool()
+        # a finite fill + multiplying by the mask keeps all-masked rows at 0 without NaNs
+        return torch.softmax(scores.masked_fill(~m, -1e9), dim=-1) * m
+
+    def forward(self, traj: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return stabilize(torch.einsum("blst,bltd->blsd", self.attention(traj, mask), _clean(traj)))
+
+
+def _clean(x: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)

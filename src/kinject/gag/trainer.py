@@ -1,0 +1,316 @@
+"""Stage III: train the injector through a frozen base (SPEC-GAG), with accelerate.
+
+Phases run in order: `alignment` (general-domain items, optional) then `domain`. Each phase
+has its own AdamW (weight decay from the config) and linear warmup/decay schedule; the same
+injector carries over. Only injector parameters are trainable: the base is frozen
+(`requires_grad_(False)`, eval mode) and a test proves it stays bit-identical.
+
+Batches are a pure function of (seed, phase, step) (one permutation per epoch), so resuming
+from a checkpoint needs no RNG state: a resumed run equals an uninterrupted one. Checkpoints
+(`checkpoints/ckpt-NNNNNN/`) hold the injector (safetensors + JSON), the optimizer state as
+safetensors and a JSON state (phase, step, scheduler); no pickles. Under torchrun each rank
+takes `batch[rank::world]` and gradients are averaged across ranks before the step.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kinject.errors import UserError
+from kinject.gag.base import InjectedBase
+from kinject.gag.config import PhaseConfig, Stage3Config
+from kinject.gag.injector import Injector, InjectorConfig, memory_batch
+from kinject.gag.losses import diversity_loss, masked_mean, nll_loss, semantic_loss
+from kinject.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from kinject.memory.store import MemoryStore, item_id, row_question
+
+CKPT_DIR = "checkpoints"
+TERMS = ("loss", "nll", "sem", "div")
+
+
+def answer_text(value, where: str) -> str:
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{where}: `answer` must be a non-empty string or list of strings")
+    return value
+
+
+@dataclass
+class Phase:
+    name: str
+    cfg: PhaseConfig
+    rows: list[dict]
+    store: MemoryStore
+    targets: torch.Tensor | None = None
+
+
+def load_phase(name: str, cfg: PhaseConfig) -> Phase:
+    store = MemoryStore(cfg.memory)
+    rows = []
+    for k, r in enumerate(read_jsonl(cfg.data), 1):
+        where = f"{cfg.data}: record {k}"
+        if "answer" not in r and "output" not in r:
+            raise UserError(f"{where}: no `answer` (or `output`) field")
+        rows.append({"id": item_id(r), "question": row_question(r, where),
+                     "answer": answer_text(r["answer"] if "answer" in r else r["output"], where),
+                     "instruction": r.get("instruction")})
+    rows = rows[: cfg.limit] if cfg.limit else rows
+    missing = [r["id"] for r in rows if r["id"] not in store]
+    if missing:
+        raise UserError(f"{cfg.data}: {len(missing)} of {len(rows)} rows have no memory in {cfg.memory} "
+                        f"(first id {missing[0]!r}); build memories for this file with `kinject memory build`")
+    return Phase(name, cfg, rows, store)
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """The rows of global batch `step`: epoch-wise permutations, deterministic from the seed."""
+    per_epoch = max(1, n // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return perm[k * batch_size:(k + 1) * batch_size].tolist()
+
+
+def stage3_losses(injector: Injector, base: InjectedBase, rows: list[dict], store: MemoryStore,
+                  targets: torch.Tensor | None, w_sem: float, w_div: float, max_length: int = 512) -> dict:
+    """All loss terms for one batch of rows (`id, question, answer`, optional `instruction`)."""
+    z = injector(**memory_batch(injector, store, [r["id"] for r in rows]))
+    tb = base.encode_train([r["question"] for r in rows], [r["answer"] for r in rows], max_length,
+                           [r.get("instruction") for r in rows]).to(base.device)
+    use_sem = w_sem > 0 and injector.semantic_head is not None and targets is not None
+    out = base.forward(z.to(base.device), tb, hidden=use_sem)
+    nll = nll_loss(out.logits, tb.labels).to(injector.device)
+    if use_sem:
+        pooled = masked_mean(out.hidden_states[-1], tb.answer_mask).to(injector.device)
+        sem = semantic_loss(injector.semantic_head(pooled), targets)
+    else:
+        sem = torch.zeros((), device=injector.device)
+    div = diversity_loss(z)
+    return {"loss": nll + w_sem * sem + w_div * div, "nll": nll, "sem": sem, "div": div}
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _optimizer_to_tensors(opt) -> tuple[dict[str, torch.Tensor], list]:
+    sd = opt.state_dict()
+    tensors = {f"{pid}.{k}": v.detach().cpu().contiguous() for pid, st in sd["state"].items()
+               for k, v in st.items() if torch.is_tensor(v)}
+    return tensors, sd["param_groups"]
+
+
+def _optimizer_from_tensors(opt, tensors: dict[str, torch.Tensor], groups: list) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_checkpoint(out: Path, injector: Injector, opt, sched, state: dict, history: list[dict], keep: int) -> Path:
+    from safetensors.torch import save_file
+
+    from kinject.io import atomic_dir
+
+    root = out / CKPT_DIR
+    path = root / f"ckpt-{state['global_step']:06d}"
+    with atomic_dir(path) as tmp:
+        injector.save(tmp / "injector")
+        tensors, groups = _optimizer_to_tensors(opt)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        write_json_atomic(tmp / "state.json", {**state, "param_groups": groups, "scheduler": sched.state_dict()})
+    write_jsonl_atomic(out / "history.jsonl", history)
+    for old in sorted(root.glob("ckpt-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    done = [p for p in sorted((out / CKPT_DIR).glob("ckpt-*")) if (p / "state.json").is_file()]
+    return done[-1] if done else None
+
+
+# ---------------------------------------------------------------------------- trainer
+class Stage3Trainer:
+    def __init__(self, cfg: Stage3Config, base: InjectedBase | None = None, say=None):
+        from kinject.distributed import make_accelerator
+
+        self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.say = say or (lambda msg: None)
+        self.out = Path(cfg.out)
+        self.phases = [load_phase(n, p) for n, p in (("alignment", cfg.alignment), ("domain", cfg.domain))
+                       if p is not None]
+        if not self.phases:
+            raise UserError("gag train: the config has neither an `alignment` nor a `domain` phase")
+        self.accelerator = make_accelerator()
+        metas = [(f"{p.name} memory store {p.store.root}", p.store.meta) for p in self.phases]
+        if base is None:
+            device = str(self.accelerator.device) if cfg.device == "auto" else cfg.device
+            slots = metas[0][1].slots
+            base = InjectedBase.load(cfg.base, slots, device, cfg.base_dtype, cfg.instruction, say=self.say)
+        self.base = base
+        self.injector = self._make_injector(metas)
+        self.base.model.requires_grad_(False)
+        self.targets_needed = cfg.w_sem > 0
+
+    def _make_injector(self, metas) -> Injector:
+        ckpt = latest_checkpoint(self.out)
+        if ckpt is not None:
+            inj = Injector.load(ckpt / "injector")
+        elif self.cfg.init_injector:
+            inj = Injector.load(self.cfg.init_injector)
+        else:
+            meta = metas[0][1]
+            sem_dim = 0
+            if self.cfg.w_sem > 0:
+                from kinject.gag.encoder import SemanticEncoder
+
+                self.encoder = SemanticEncoder(self.cfg.encoder)
+                sem_dim = self.encoder.dim
+            inj = Injector(InjectorConfig(
+                expert_hidden=meta.expert_hidden, base_hidden=self.base.hidden_size, layers=list(meta.layers),
+                slots=meta.slots, pooling=self.cfg.injector.pooling, store_pooling=meta.pooling, tau=meta.tau,
+                semantic_dim=sem_dim, mixer_clamp=self.cfg.injector.mixer_clamp,
+                attention_dim=self.cfg.injector.attention_dim, expert=meta.expert,
+                expert_fingerprint=meta.expert_fingerprint, base=self.base.identity(),
+            ), seed=self.cfg.seed)
+        inj.check_base(self.base.identity(), f"base {self.cfg.base}")
+        for where, meta in metas:
+            inj.check_store(meta, where)
+        if inj.config.slots != self.base.num_slots:
+            raise UserError(f"injector has {inj.config.slots} slots but the base prompt has {self.base.num_slots} placeholders")
+        if self.cfg.w_sem > 0 and inj.semantic_head is None:
+            raise UserError("w_sem > 0 but the injector has no semantic head (it was trained with w_sem: 0)")
+        return inj.to(self.accelerator.device)
+
+    def _targets(self, phase: Phase) -> torch.Tensor | None:
+        if not self.targets_needed:
+            return None
+        if phase.targets is None:
+            if getattr(self, "encoder", None) is None:
+                from kinject.gag.encoder import SemanticEncoder
+
+                self.encoder = SemanticEncoder(self.cfg.encoder)
+            if self.encoder.dim != self.injector.config.semantic_dim:
+                raise UserError(f"semantic encoder dim {self.encoder.dim} ({self.encoder.path}) vs injector "
+                                f"semantic head {self.injector.config.semantic_dim}")
+            phase.targets = self.encoder.encode([r["answer"] for r in phase.rows])
+        return phase.targets
+
+    def train(self, stop_after: int | None = None, progress: bool = True) -> dict:
+        """Run (or resume) all phases; `stop_after` global steps simulates an interruption."""
+        from rich.progress import Progress
+        from transformers import get_linear_schedule_with_warmup
+
+        cfg, acc = self.cfg, self.accelerator
+        rank, world = acc.process_index, acc.num_processes
+        ckpt = latest_checkpoint(self.out)
+        state = json.loads((ckpt / "state.json").read_text()) if ckpt else {"phase": 0, "phase_step": 0, "global_step": 0}
+        history = []
+        if ckpt and (self.out / "history.jsonl").is_file():
+            history = [h for h in read_jsonl(self.out / "history.jsonl", allow_empty=True)
+                       if h["step"] <= state["global_step"]]
+        if ckpt:
+            self.say(f"resuming from {ckpt} (phase {state['phase']}, step {state['phase_step']})")
+        params = [p for p in self.injector.parameters() if p.requires_grad]
+        t0, steps_run = time.perf_counter(), 0
+        for pi, phase in enumerate(self.phases):
+            if pi < state["phase"]:
+                continue
+            targets = self._targets(phase)
+            opt = torch.optim.AdamW(params, lr=phase.cfg.lr, weight_decay=cfg.weight_decay)
+            total = phase.cfg.steps
+            sched = get_linear_schedule_with_warmup(opt, int(phase.cfg.warmup_ratio * total), max(total, 1))
+            start = 0
+            if ckpt and pi == state["phase"]:
+                from safetensors.torch import load_file
+
+                _optimizer_from_tensors(opt, load_file(str(ckpt / "optimizer.safetensors")), state["param_groups"])
+                sched.load_state_dict(state["scheduler"])
+                start = state["phase_step"]
+            self.injector.train()
+            with Progress(disable=not progress or not acc.is_main_process, transient=True) as bar:
+                task = bar.add_task(f"stage III {phase.name}", total=total, completed=start)
+                for step in range(start, total):
+                    if stop_after is not None and steps_run >= stop_after:
+                        return {"stopped_at": state["global_step"]}
+                    idx = batch_indices(len(phase.rows), phase.cfg.batch_size, step, cfg.seed + 7919 * pi)
+                    rows = [phase.rows[i] for i in idx[rank::world]]
+                    tgt = targets[idx[rank::world]] if targets is not None else None
+                    losses = stage3_losses(self.injector, self.base, rows, phase.store, tgt, cfg.w_sem, cfg.w_div,
+                                           cfg.max_length)
+                    opt.zero_grad(set_to_none=True)
+                    losses["loss"].backward()
+                    if world > 1:  # average gradients across ranks (the base has none to sync)
+                        for p in params:
+                            if p.grad is None:
+                                p.grad = torch.zeros_like(p)
+                            p.grad = acc.reduce(p.grad, reduction="mean")
+                    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+                    opt.step()
+                    sched.step()
+                    steps_run += 1
+                    state = {"phase": pi, "phase_step": step + 1, "global_step": state["global_step"] + 1}
+                    g = state["global_step"]
+                    if (step + 1) % cfg.log_every == 0 or step + 1 == total or step == start:
+                        terms = torch.stack([losses[k].detach().float() for k in TERMS])
+                        if world > 1:  # log the mean over ranks, i.e. over the global batch
+                            terms = acc.reduce(terms, reduction="mean")
+                        row = {"step": g, "phase": phase.name, "lr": sched.get_last_lr()[0],
+                               "grad_norm": float(gnorm), **dict(zip(TERMS, terms.tolist()))}
+                        history.append(row)
+                        bar.update(task, description=f"stage III {phase.name} loss {row['loss']:.3f}")
+                    if acc.is_main_process and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
+                        save_checkpoint(self.out, acc.unwrap_model(self.injector), opt, sched, state, history,
+                                        cfg.keep_checkpoints)
+                    bar.advance(task)
+            if total == 0:
+                state = {"phase": pi + 1, "phase_step": 0, "global_step": state["global_step"]}
+            else:
+                state = {**state, "phase": pi + 1, "phase_step": 0}
+        secs = time.perf_counter() - t0
+        metrics = {"global_steps": state["global_step"], "steps_this_run": steps_run,
+                   "steps_per_s": round(steps_run / secs, 3) if steps_run else 0.0,
+                   "injector_parameters": self.injector.trainable_parameters(),
+                   "added_prompt_tokens": self.injector.config.slots}
+        for name in {h["phase"] for h in history}:
+            last = [h for h in history if h["phase"] == name][-1]
+            metrics.update({f"{name}_final_{k}": round(last[k], 5) for k in TERMS})
+        if acc.is_main_process:
+            self.injector.save(self.out / "injector")
+            write_jsonl_atomic(self.out / "history.jsonl", history)
+            plot_losses(history, self.out / "loss_curves.png")
+        return metrics
+
+
+def plot_losses(history: list[dict], path: Path) -> Path | None:
+    """One panel per loss term against the global step; dashed lines mark phase changes."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kinject.io import atomic_path
+
+    fig, axes = plt.subplots(1, len(TERMS), figsize=(4 * len(TERMS), 3.2))
+    steps = [h["step"] for h in history]
+    changes = [h["step"] for a, h in zip(history, history[1:]) if a["phase"] != h["phase"]]
+    for ax, term in zip(axes, TERMS):
+        ax.plot(steps, [h[term] for h in history], lw=1.2)
+        for c in changes:
+            ax.axvline(c, ls="--", c="grey", lw=0.8)
+        ax.set_title(term)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,9 @@
+"""GAG memory construction (SPEC-GAG "Memory construction").
+
+background.py  expert background generation + multi-layer hidden states per generated token
+layers.py      layer keys (`last`, `minusK`) -> `hidden_states` indices
+compress.py    slot compression (`segment_softmax`, `adaptive_avg`) and stabilization
+store.py       the memory store: safetensors shards [N, L, S, d] + JSONL index (+ optional
+               per-token trajectories for learned pooling)
+build.py       `kinject memory build`: resumable, `rank::world_size` sharding, merge
+"""

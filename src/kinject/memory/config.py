@@ -1,0 +1,32 @@
+"""`memory_build` config: which expert, which questions, which layers/slots, where to store."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from kinject.config import StageConfig, register_config
+
+
+@register_config
+class MemoryBuildConfig(StageConfig):
+    kind: str = "memory_build"
+    expert: str
+    questions: list[str]
+    out: str
+    # generate: the expert writes the background (the paper); given: read the rows' `background`
+    # field as the expert's answer (alignment items whose knowledge statement is supplied)
+    source: Literal["generate", "given"] = "generate"
+    system: str = ""
+    layers: list[str] = ["last", "minus2", "minus4", "minus6"]
+    slots: int = 4
+    pooling: Literal["segment_softmax", "adaptive_avg"] = "segment_softmax"
+    tau: float = 1.0
+    max_new_tokens: int = 128
+    batch_size: int = 16
+    shard_size: int = 256
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    keep_trajectories: bool = False
+    device: str = "auto"
+    model_dtype: str = "auto"
+    limit: int | None = None
+    threads: int | None = None  # torch CPU threads (None: leave as is)

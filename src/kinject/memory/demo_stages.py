@@ -1,0 +1,77 @@
+"""Demo stage `memory` (order 60): GAG memories for both private domains on the tiny world.
+
+Per domain, with that domain's SFT expert (`ctx.artifacts["expert_<domain>"]`): generated
+backgrounds for the domain's train/dev/dev_para questions (`configs/gag/<domain>_memory_tiny.yaml`)
+and the expert's reading of the world's alignment items (`<domain>_align_memory_tiny.yaml`).
+Sets `ctx.artifacts["memory_<domain>"]` and `["align_memory_<domain>"]`. Each store skips
+itself when its inputs are unchanged; a store built from other inputs is rebuilt, never mixed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from kinject.demo import DemoContext, stage
+
+REPO = Path(__file__).resolve().parents[3]
+DOMAINS = ("materials", "adjuvant")
+QUICK = {"domain": ["max_new_tokens=48"], "align": ["limit=4000"]}
+
+
+def fresh_or_resume(out: Path, expected_hash: str) -> None:
+    """Keep `out` for resuming only if it was started from the same inputs; else remove it."""
+    marker = out.parent / f".{out.name}.inputs"
+    if out.exists() and (not marker.is_file() or marker.read_text() != expected_hash):
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(expected_hash)
+
+
+def build_store(config_file: Path, overrides: list[str], files: list[Path]) -> tuple[Path, dict | None]:
+    """Build one store unless complete with the same inputs; returns (dir, stats or None if skipped)."""
+    from kinject.config import load_config
+    from kinject.memory.build import build_memory
+    from kinject.memory.config import MemoryBuildConfig
+    from kinject.memory.store import MemoryStore
+    from kinject.runs import RunRecorder, inputs_hash, is_complete
+
+    cfg = load_config(config_file, overrides, expect=MemoryBuildConfig)
+    out = Path(cfg.out)
+    h = inputs_hash(cfg, *files)
+    if is_complete(out, h):
+        return out, None
+    fresh_or_resume(out, h)
+    rec = RunRecorder(out, "demo memory", cfg, cfg.seed)
+    with rec.timer("build"):
+        stats = build_memory(cfg)
+    rec.metrics.update(stats)
+    rec.metrics.update(MemoryStore(out).stats())
+    rec.write(inputs_hash=h)
+    return out, stats
+
+
+@stage("memory", order=60, help="GAG memories: expert backgrounds -> 4-layer slots, per private domain")
+def memory_stage(ctx: DemoContext, out: Path) -> None:
+    world = Path(ctx.artifacts["world"])
+    for domain in DOMAINS:
+        expert = Path(ctx.artifacts[f"expert_{domain}"])
+        weights = sorted(expert.glob("*.safetensors"))
+        ddir = world / f"{domain}_domain"
+        qfiles = [ddir / f"qa_{s}.jsonl" for s in ("train", "dev", "dev_para")]
+        store, stats = build_store(
+            REPO / f"configs/gag/{domain}_memory_tiny.yaml",
+            [f"expert={expert}", f"out={out / domain}", f"questions=[{', '.join(map(str, qfiles))}]",
+             *(QUICK["domain"] if ctx.quick else [])],
+            [*weights, *qfiles])
+        ctx.artifacts[f"memory_{domain}"] = store
+        if stats:
+            ctx.summary[f"memory {domain}: samples/s, generated tokens/s"] = (
+                f"{stats['samples_per_s']}, {stats['tokens_per_s']}")
+        align = [world / "general" / "align.jsonl"]
+        store, _ = build_store(
+            REPO / f"configs/gag/{domain}_align_memory_tiny.yaml",
+            [f"expert={expert}", f"out={out / f'{domain}_align'}", f"questions=[{align[0]}]",
+             *(QUICK["align"] if ctx.quick else [])],
+            [*weights, *align])
+        ctx.artifacts[f"align_memory_{domain}"] = store

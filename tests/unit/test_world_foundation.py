@@ -1,0 +1,66 @@
+"""The shipped tiny foundation models (assets/foundation/tiny): they load with
+`kinject.models`, their tokenizer splits digits and carries the special tokens and chat
+template, and their quality bars hold on a sample of the tiny world's test sets.
+
+Bars from issue 3: private dev closed-book EM <= 0.05 (enforced); closed-book popular facts and
+reading comprehension EM >= 0.8 are the targets - where the shipped base falls short (see the
+measured numbers in assets/foundation/tiny/quality/bars.json) the test pins the shipped level
+minus a sampling margin, so a regression is caught without pretending the bar was met.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kinject.models import load_causal_lm
+from kinject.world.build import build_world
+from kinject.world.quality import check_bars, evaluate, quality_sets
+
+REPO = Path(__file__).resolve().parents[2]
+ASSETS = REPO / "assets/foundation/tiny"
+N = 48
+MARGIN = 0.12  # ~2 standard errors of an EM on 48 questions
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return build_world(REPO / "configs/world/tiny.yaml", tmp_path_factory.mktemp("fw") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def shipped() -> dict:
+    return json.loads((ASSETS / "quality/bars.json").read_text())
+
+
+def test_shipped_tokenizer_and_models_load():
+    from kinject.models import count_parameters
+
+    base, tok = load_causal_lm(ASSETS / "base", device="cpu")
+    expert, tok2 = load_causal_lm(ASSETS / "expert_init", device="cpu")
+    assert base.config.model_type == expert.config.model_type == "qwen3"
+    assert count_parameters(expert) < count_parameters(base)
+    assert len(tok) == len(tok2) <= base.config.vocab_size
+    ids = tok("at 93.5 % and 1234 K", add_special_tokens=False).input_ids
+    pieces = [tok.decode([i]).strip() for i in ids]
+    assert all(len(p) == 1 for p in pieces if p.isdigit()) and "".join(pieces).count("1234") == 1
+    for special in ("<GAG>", "[ANSWER]", "[SOLVED]", "[INTERMEDIARY]", "[RETRIEVE]", "<|im_start|>", "<|im_end|>"):
+        assert len(tok.tokenize(special)) == 1
+    assert tok.chat_template and "generation" in tok.chat_template
+    manifest = json.loads((ASSETS / "manifest.json").read_text())
+    assert manifest["command"] == "world pretrain" and manifest["git_commit"]
+
+
+def test_shipped_base_quality_bars_on_a_sample(world, shipped):
+    model, tok = load_causal_lm(ASSETS / "base", device="cpu")
+    sets = quality_sets(world, N)
+    sets = {k: sets[k] for k in ("closed_book_seen", "reading", "private_dev_closed_book")}
+    scores = evaluate(model, tok, sets)
+    bars = check_bars(scores)
+    assert bars["private_dev_closed_book"]["pass"], bars  # it cannot know private facts
+    for name in ("closed_book_seen", "reading"):
+        full = shipped["bars"][name]["em"]  # measured on the full sample when shipped
+        need = 0.8 if shipped["bars"][name]["pass"] else full
+        assert scores[name]["em"] >= need - MARGIN, (name, scores[name]["em"], need)
