@@ -1,0 +1,67 @@
+"""Demo stage `expert` (order 50): DAPT + QA-SFT of both private domains' experts.
+
+Starts from the shipped expert init (`ctx.artifacts["foundation"]/expert_init`) and the world
+(`ctx.artifacts["world"]`), with the tiny presets `configs/gag/<domain>_{dapt,sft}_tiny.yaml`
+(paths replaced by the demo's). Sets `ctx.artifacts["expert_<domain>"]` to the SFT expert and
+scores it on dev / dev_para (`<out>/eval/results.jsonl`). Each step skips itself when its
+inputs are unchanged. `--quick`: shorter trainings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kinject.demo import DemoContext, stage
+
+REPO = Path(__file__).resolve().parents[3]
+DOMAINS = ("materials", "adjuvant")
+QUICK = {"dapt": ["train.max_steps=300"], "sft": ["train.epochs=1"]}
+
+
+@stage("expert", order=50, help="GAG experts: Stage I DAPT + Stage II QA-SFT per private domain")
+def expert_stage(ctx: DemoContext, out: Path) -> None:
+    from kinject.config import load_config
+    from kinject.expert.config import DaptConfig, SftConfig
+    from kinject.expert.dapt import run_dapt
+    from kinject.expert.evaluate import evaluate_files
+    from kinject.expert.sft import run_sft
+    from kinject.runs import RunRecorder, inputs_hash, is_complete
+
+    world, init = Path(ctx.artifacts["world"]), Path(ctx.artifacts["foundation"]) / "expert_init"
+    experts = {}
+    for domain in DOMAINS:
+        ddir = world / f"{domain}_domain"
+        dapt = load_config(REPO / f"configs/gag/{domain}_dapt_tiny.yaml", [
+            f"model={init}", f"corpus={ddir / 'knowledge_base.jsonl'}", f"out={out / f'{domain}_dapt'}",
+            f"qa_mix.path={ddir / 'qa_train.jsonl'}", *(QUICK["dapt"] if ctx.quick else []),
+        ], expect=DaptConfig)
+        run_dapt(dapt)
+        sft = load_config(REPO / f"configs/gag/{domain}_sft_tiny.yaml", [
+            f"model={dapt.out}", f"data={ddir / 'qa_train.jsonl'}", f"out={out / f'{domain}_sft'}",
+            *(QUICK["sft"] if ctx.quick else []),
+        ], expect=SftConfig)
+        experts[domain] = run_sft(sft)
+        ctx.artifacts[f"expert_{domain}"] = experts[domain]
+
+    eval_dir = out / "eval"
+    h = inputs_hash({"quick": ctx.quick}, *(e / "manifest.json" for e in experts.values()))
+    if not is_complete(eval_dir, h):
+        rec = RunRecorder(eval_dir, "demo expert eval", {"domains": list(DOMAINS)})
+        rows = []
+        for domain, model in experts.items():
+            ddir = world / f"{domain}_domain"
+            files = {s: ddir / f"qa_{s}.jsonl" for s in ("dev", "dev_para")}
+            with rec.timer(f"eval_{domain}"):
+                rows += evaluate_files(model, files, eval_dir / domain)
+        rec.metrics = {f"{r['dataset']}/{r['split']}/{r['metric']}": r["value"] for r in rows}
+        from kinject.io import write_jsonl_atomic
+
+        write_jsonl_atomic(eval_dir / "results.jsonl", rows)
+        rec.write(inputs_hash=h)
+    import json
+
+    metrics = json.loads((eval_dir / "manifest.json").read_text())["metrics"]
+    for domain in DOMAINS:
+        ctx.summary[f"expert {domain}: dev EM / dev_para EM"] = (
+            f"{metrics[f'{domain}/dev/em']:.2f} / {metrics[f'{domain}/dev_para/em']:.2f}"
+        )
