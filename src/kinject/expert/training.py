@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from kinject.distributed import is_distributed_launch, trainer_device_kwargs
+from kinject.distributed import trainer_device_kwargs
 from kinject.errors import UserError
 from kinject.expert.config import TrainSection
 from kinject.io import atomic_dir, write_text_atomic
@@ -67,10 +67,6 @@ def training_kwargs(train: TrainSection, work_dir: Path, seed: int, count_tokens
         include_num_input_tokens_seen=count_tokens,
     )
     kw.update(trainer_device_kwargs())
-    if not is_distributed_launch():
-        # trainer_device_kwargs() names gloo even for one process; a backend makes accelerate's
-        # PartialState expect a process group that a plain `python` run never forms.
-        kw.pop("ddp_backend", None)
     if train.bf16 and torch.cuda.is_available():
         kw.update(bf16=True, fp16=False)
     return kw
