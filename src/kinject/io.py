@@ -36,8 +36,9 @@ def require_dir(path: str | os.PathLike, what: str = "directory", hint: str = ""
     return p
 
 
-def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterator[dict]:
-    """Yield one dict per non-blank line; a malformed line or missing field names file:line."""
+def iter_jsonl_numbered(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, dict) per non-blank line, so callers can name `file:line` in their
+    own value checks; a malformed line or a missing field names file:line here."""
     p = require_file(path, "JSONL file")
     with p.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -52,7 +53,13 @@ def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterato
             missing = [k for k in required if k not in row]
             if missing:
                 raise UserError(f"{p}:{lineno}: missing field(s) {', '.join(map(repr, missing))}")
-            yield row
+            yield lineno, row
+
+
+def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterator[dict]:
+    """Yield one dict per non-blank line; a malformed line or missing field names file:line."""
+    for _, row in iter_jsonl_numbered(path, required):
+        yield row
 
 
 def read_jsonl(

@@ -170,5 +170,5 @@ def test_synth_cli_end_to_end_and_bad_input(mini_world, tiny_model_dir, tmp_path
     out2 = tmp_path / "synth2"
     res = subprocess.run([*common, f"questions=[{bad}]", f"out={out2}"], capture_output=True, text=True, timeout=300)
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert res.returncode == 2 and lines == [f"error: {bad}:2: expected a JSON object with 'question' and 'answer'"]
+    assert res.returncode == 2 and lines == [f"error: {bad}:2: missing field(s) 'answer'"]
     assert not out2.exists()

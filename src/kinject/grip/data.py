@@ -19,23 +19,12 @@ class QA:
 
 def read_qa(path: str | Path, limit: int | None = None) -> list[QA]:
     """Rows need a non-empty `question` and `answer` (a string or a non-empty list of strings)."""
-    import json
-
-    from kinject.io import require_file
+    from kinject.io import iter_jsonl_numbered, require_file
 
     p = require_file(path, "questions file")
     out: list[QA] = []
-    # read line by line (not io.iter_jsonl) to name the true line of a bad value, blank lines too
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, row in iter_jsonl_numbered(p, required=("question", "answer")):
         where = f"{p}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: malformed JSON ({e.msg})") from None
-        if not isinstance(row, dict) or "question" not in row or "answer" not in row:
-            raise UserError(f"{where}: expected a JSON object with 'question' and 'answer'")
         q, ans = row["question"], row["answer"]
         if not isinstance(q, str) or not q.strip():
             raise UserError(f"{where}: 'question' must be a non-empty string")
