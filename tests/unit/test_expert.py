@@ -298,3 +298,28 @@ def test_bad_input_is_one_error_line_and_nothing_written(tiny_model_dir, domain,
     with pytest.raises(UserError, match=r"max_length=2048 is larger than the model's context"):
         run_sft(SftConfig(model=str(tiny_model_dir), data=str(qa), out=str(out)))
     assert not out.exists() and not (tmp_path / "o.checkpoints").exists()
+
+
+def test_qa_probe_logs_held_out_em_at_every_evaluation(tiny_model_dir, domain, tmp_path):
+    from kinject.eval.metrics import exact_match
+    from kinject.expert.config import QaProbe
+    from kinject.expert.dapt import run_dapt
+    from kinject.expert.evaluate import answer
+    from kinject.io import read_jsonl
+    from kinject.models import load_causal_lm
+
+    probe = QaProbe(path=str(domain / "qa_dev.jsonl"), limit=4, max_new_tokens=8)
+    out = run_dapt(dapt_cfg(domain, tiny_model_dir, tmp_path / "dapt", probe=probe))
+    hist = json.loads((out / "log_history.json").read_text())
+    curve = [(h["step"], h["eval_qa_em"]) for h in hist if "eval_qa_em" in h]
+    assert [s for s, _ in curve] == [4, 8, 12]
+    assert all(0.0 <= em <= 1.0 for _, em in curve)
+    m = json.loads((out / "manifest.json").read_text())
+    assert [tuple(p) for p in m["metrics"]["qa_probe_em"]] == curve
+    # the probe's last value is what the saved model scores when it is also the best by val loss
+    evals = {h["step"]: h["eval_loss"] for h in hist if "eval_loss" in h}
+    if min(evals, key=evals.get) == 12:
+        model, tok = load_causal_lm(out)
+        rows = read_jsonl(domain / "qa_dev.jsonl")[:4]
+        preds = answer(model, tok, [(r["instruction"], r["input"]) for r in rows], 8)
+        assert curve[-1][1] == pytest.approx(sum(exact_match(p, r["answer"]) for p, r in zip(preds, rows)) / 4)

@@ -48,6 +48,16 @@ class QaMix(StrictModel):
     background: bool = Field(True, description="also add the background-writing task")
 
 
+class QaProbe(StrictModel):
+    """Greedy QA on a sample of held-out questions at every evaluation, logged as `eval_qa_em`
+    (a learning curve of knowledge extraction; monitoring only, the checkpoint is still chosen
+    by validation loss so the reported dev numbers are not selected on dev)."""
+
+    path: str = Field(description="JSONL with instruction, input, answer (e.g. qa_dev.jsonl)")
+    limit: int = Field(64, ge=1, description="questions per probe")
+    max_new_tokens: int = Field(16, ge=1)
+
+
 class BackgroundTask(StrictModel):
     """Mix the background-writing task into SFT: user = `background_messages(q, system)`,
     assistant = the row's `background` (one fixed-format fact sentence)."""
@@ -66,6 +76,7 @@ class DaptConfig(StageConfig):
     separator: str = "\n\n"
     val_share: float = Field(0.03, gt=0.0, lt=0.5, description="share of documents held out")
     qa_mix: QaMix | None = None
+    probe: QaProbe | None = None
     dtype: str = "auto"
     train: TrainSection = TrainSection()
 
@@ -83,5 +94,6 @@ class SftConfig(StageConfig):
         False, description="chat template kwarg (Qwen3: False = non-thinking mode); null = not passed"
     )
     background: BackgroundTask = BackgroundTask()
+    probe: QaProbe | None = None
     dtype: str = "auto"
     train: TrainSection = TrainSection(learning_rate=5e-6, epochs=3.0, warmup_ratio=0.05)

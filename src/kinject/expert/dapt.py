@@ -29,6 +29,7 @@ from kinject.expert.training import (
     check_context,
     finish_run,
     load_trainable,
+    make_probe_callback,
     make_progress_callback,
     prepare_work_dir,
     set_threads,
@@ -121,6 +122,7 @@ def run_dapt(cfg: DaptConfig, force: bool = False, callbacks: list | None = None
     train_ds = Dataset.from_dict({"input_ids": packed.train, "labels": packed.train})
     val_ds = Dataset.from_dict({"input_ids": packed.val, "labels": packed.val})
     span = make_progress_callback()
+    probe = make_probe_callback(cfg.probe, tok)
     trainer = Trainer(
         model=model,
         args=TrainingArguments(**training_kwargs(cfg.train, work, cfg.seed, count_tokens="all")),
@@ -128,7 +130,7 @@ def run_dapt(cfg: DaptConfig, force: bool = False, callbacks: list | None = None
         eval_dataset=val_ds,
         data_collator=default_data_collator,  # blocks are full: no padding, labels = inputs
         processing_class=tok,
-        callbacks=[span, *(callbacks or [])],
+        callbacks=[span, *filter(None, [probe]), *(callbacks or [])],
     )
     with rec.timer("train"):
         trainer.train(resume_from_checkpoint=resume)

@@ -21,6 +21,7 @@ from kinject.expert.training import (
     check_context,
     finish_run,
     load_trainable,
+    make_probe_callback,
     make_progress_callback,
     prepare_work_dir,
     set_threads,
@@ -109,7 +110,8 @@ def run_sft(cfg: SftConfig, force: bool = False, callbacks: list | None = None) 
     with rec.timer("load_model"):
         model, tok = load_trainable(str(model_dir), cfg.dtype, cfg.train.gradient_checkpointing)
     span = make_progress_callback()
-    trainer = make_sft_trainer(cfg, model, tok, train_ds, val_ds, work, [span, *(callbacks or [])])
+    probe = make_probe_callback(cfg.probe, tok)
+    trainer = make_sft_trainer(cfg, model, tok, train_ds, val_ds, work, [span, *filter(None, [probe]), *(callbacks or [])])
     with rec.timer("train"):
         trainer.train(resume_from_checkpoint=resume)
     finish_run(trainer, tok, out, rec, span, h, cfg.train, f"QA-SFT {Path(cfg.data).parent.name}", resume)

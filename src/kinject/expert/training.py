@@ -107,6 +107,34 @@ def make_progress_callback():
     return RunSpan()
 
 
+def make_probe_callback(probe, tokenizer):
+    """A `QaProbe` as a TrainerCallback: adds `eval_qa_em` to the evaluation metrics (logged,
+    plotted, kept in log_history). None when no probe is configured."""
+    if probe is None:
+        return None
+    from transformers import TrainerCallback
+
+    from kinject.eval.metrics import exact_match
+    from kinject.io import read_jsonl
+
+    rows = read_jsonl(probe.path, required=["instruction", "input", "answer"])[: probe.limit]
+
+    class QaProbeCallback(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+            from kinject.expert.evaluate import answer
+
+            if model is None or metrics is None or not rows:
+                return
+            was_training = model.training
+            model.eval()
+            preds = answer(model, tokenizer, [(r["instruction"], r["input"]) for r in rows], probe.max_new_tokens)
+            model.train(was_training)
+            metrics["eval_qa_em"] = round(sum(exact_match(p, r["answer"]) for p, r in zip(preds, rows)) / len(rows), 4)
+            state.log_history.append({"step": state.global_step, "eval_qa_em": metrics["eval_qa_em"]})
+
+    return QaProbeCallback()
+
+
 def plot_loss_curves(log_history: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -125,7 +153,14 @@ def plot_loss_curves(log_history: list[dict], path: Path, title: str) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="upper left")
+    probe = [(h["step"], h["eval_qa_em"]) for h in log_history if "eval_qa_em" in h]
+    if probe:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*probe), "s--", color="tab:green", lw=1, ms=3, label="QA probe EM")
+        ax2.set_ylabel("QA probe EM")
+        ax2.set_ylim(0, 1)
+        ax2.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -159,6 +194,7 @@ def finish_run(
         best_val_loss=state.best_metric,
         best_checkpoint_step=_step_of(state.best_model_checkpoint),
         final_val_loss=evals[-1] if evals else None,
+        qa_probe_em=[(h["step"], h["eval_qa_em"]) for h in state.log_history if "eval_qa_em" in h] or None,
         world_size=trainer.args.world_size,
     )
     rec.extra["resumed_from"] = resumed_from
