@@ -58,6 +58,13 @@ def gag_stage(ctx: DemoContext, out: Path) -> None:
                     rows += res["results"]
                     write_jsonl_atomic(run_dir / "eval" / f"predictions_{split}.jsonl", res["predictions"])
                     rec.metrics[f"{split}/foreign_value_rate"] = res["foreign_value_rate"]
+                # the channel alone: fresh general facts the expert only read (align_dev memories
+                # are built with the alignment store), so no expert knowledge is involved
+                align_rows = read_jsonl(world / "general" / "align_dev.jsonl")[:200]
+                res = evaluate_gag(trainer.injector.eval(), trainer.base, MemoryStore(amem), align_rows,
+                                   "align_fresh", "dev")
+                rows += res["results"]
+                rec.metrics["align_dev/foreign_value_rate"] = res["foreign_value_rate"]
             write_jsonl_atomic(run_dir / "eval" / "results.jsonl", rows)
             rec.metrics.update({f"{r['split']}/{r['method']}/{r['metric']}": r["value"] for r in rows})
             rec.write(inputs_hash=h)
@@ -68,4 +75,7 @@ def gag_stage(ctx: DemoContext, out: Path) -> None:
         ctx.summary[f"gag {domain}: dev EM (zeroed / foreign memories)"] = (
             f"{em[('dev', 'gag')]:.2f} ({em[('dev', 'gag_zero_memory')]:.2f} / {em[('dev', 'gag_foreign_memory')]:.2f})")
         ctx.summary[f"gag {domain}: dev_para EM"] = f"{em[('dev_para', 'gag')]:.2f}"
+        if ("dev", "gag") in em and any(r["dataset"] == "align_fresh" for r in rows):
+            a = {r["method"]: r["value"] for r in rows if r["dataset"] == "align_fresh" and r["metric"] == "em"}
+            ctx.summary[f"gag {domain}: fresh general facts EM (zeroed)"] = f"{a['gag']:.2f} ({a['gag_zero_memory']:.2f})"
     write_jsonl_atomic(out / "results.jsonl", all_rows)

@@ -16,7 +16,8 @@ from kinject.demo import DemoContext, stage
 
 REPO = Path(__file__).resolve().parents[3]
 DOMAINS = ("materials", "adjuvant")
-QUICK = {"domain": ["max_new_tokens=48"], "align": ["limit=4000"]}
+# align_dev comes first so the QUICK limit keeps all of it (the gag stage scores fresh-fact transfer on it)
+QUICK = {"domain": ["max_new_tokens=48"], "align": ["limit=4500"]}
 
 
 def fresh_or_resume(out: Path, expected_hash: str) -> None:
@@ -68,10 +69,10 @@ def memory_stage(ctx: DemoContext, out: Path) -> None:
         if stats:
             ctx.summary[f"memory {domain}: samples/s, generated tokens/s"] = (
                 f"{stats['samples_per_s']}, {stats['tokens_per_s']}")
-        align = [world / "general" / "align.jsonl"]
+        align = [world / "general" / "align_dev.jsonl", world / "general" / "align.jsonl"]
         store, _ = build_store(
             REPO / f"configs/gag/{domain}_align_memory_tiny.yaml",
-            [f"expert={expert}", f"out={out / f'{domain}_align'}", f"questions=[{align[0]}]",
+            [f"expert={expert}", f"out={out / f'{domain}_align'}", f"questions=[{', '.join(map(str, align))}]",
              *(QUICK["align"] if ctx.quick else [])],
             [*weights, *align])
         ctx.artifacts[f"align_memory_{domain}"] = store
