@@ -14,6 +14,7 @@ grip_rl 90, eval 100.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import time
 from collections.abc import Callable
@@ -63,6 +64,39 @@ def discover_stages() -> list[Stage]:
         if mod.ispkg and importlib.util.find_spec(name) is not None:
             importlib.import_module(name)
     return sorted(STAGES.values(), key=lambda s: s.order)
+
+
+def demo_workers(n_jobs: int) -> int:
+    """Processes for independent per-domain work: one per core (tiny trainings run fastest with
+    one torch thread each), at most `n_jobs`; `KINJECT_DEMO_WORKERS` overrides (1 = in-process)."""
+    env = os.environ.get("KINJECT_DEMO_WORKERS")
+    cap = int(env) if env and env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
+    return max(1, min(n_jobs, cap))
+
+
+def _one_thread_worker() -> None:
+    # runs before the worker unpickles its job, so torch (imported by the job) starts with 1 thread
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def run_parallel(fn: Callable, jobs: list[tuple]) -> list:
+    """`[fn(*job) for job in jobs]`, in worker processes when more than one core is free.
+
+    `fn` must be a module-level function (it is pickled to a spawned process). Results keep the
+    order of `jobs`; the first worker error is raised here, after the others finished."""
+    workers = demo_workers(len(jobs))
+    if workers == 1:
+        return [fn(*job) for job in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread_worker) as pool:
+        futures = [pool.submit(fn, *job) for job in jobs]
+        errors = [f.exception() for f in futures]
+    for e in errors:
+        if e is not None:
+            raise e
+    return [f.result() for f in futures]
 
 
 @stage("foundation", order=0, help="tiny random model: save, reload, identical logits")

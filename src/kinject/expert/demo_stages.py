@@ -18,30 +18,38 @@ DOMAINS = ("materials", "adjuvant")
 QUICK = {"dapt": ["train.max_steps=300"], "sft": ["train.epochs=1"]}
 
 
-@stage("expert", order=50, help="GAG experts: Stage I DAPT + Stage II QA-SFT per private domain")
-def expert_stage(ctx: DemoContext, out: Path) -> None:
+def train_domain_expert(domain: str, world: Path, init: Path, out: Path, quick: bool) -> Path:
+    """DAPT then SFT of one domain's expert (a worker of `run_parallel`); returns the SFT dir."""
     from kinject.config import load_config
     from kinject.expert.config import DaptConfig, SftConfig
     from kinject.expert.dapt import run_dapt
-    from kinject.expert.evaluate import evaluate_files
     from kinject.expert.sft import run_sft
+
+    ddir = world / f"{domain}_domain"
+    dapt = load_config(REPO / f"configs/gag/{domain}_dapt_tiny.yaml", [
+        f"model={init}", f"corpus={ddir / 'knowledge_base.jsonl'}", f"out={out / f'{domain}_dapt'}",
+        f"qa_mix.path={ddir / 'qa_train.jsonl'}", *(QUICK["dapt"] if quick else []),
+    ], expect=DaptConfig)
+    run_dapt(dapt)
+    sft = load_config(REPO / f"configs/gag/{domain}_sft_tiny.yaml", [
+        f"model={dapt.out}", f"data={ddir / 'qa_train.jsonl'}", f"out={out / f'{domain}_sft'}",
+        *(QUICK["sft"] if quick else []),
+    ], expect=SftConfig)
+    return run_sft(sft)
+
+
+@stage("expert", order=50, help="GAG experts: Stage I DAPT + Stage II QA-SFT per private domain")
+def expert_stage(ctx: DemoContext, out: Path) -> None:
+    from kinject.demo import run_parallel
+    from kinject.expert.evaluate import evaluate_files
     from kinject.runs import RunRecorder, inputs_hash, is_complete
 
     world, init = Path(ctx.artifacts["world"]), Path(ctx.artifacts["foundation"]) / "expert_init"
-    experts = {}
-    for domain in DOMAINS:
-        ddir = world / f"{domain}_domain"
-        dapt = load_config(REPO / f"configs/gag/{domain}_dapt_tiny.yaml", [
-            f"model={init}", f"corpus={ddir / 'knowledge_base.jsonl'}", f"out={out / f'{domain}_dapt'}",
-            f"qa_mix.path={ddir / 'qa_train.jsonl'}", *(QUICK["dapt"] if ctx.quick else []),
-        ], expect=DaptConfig)
-        run_dapt(dapt)
-        sft = load_config(REPO / f"configs/gag/{domain}_sft_tiny.yaml", [
-            f"model={dapt.out}", f"data={ddir / 'qa_train.jsonl'}", f"out={out / f'{domain}_sft'}",
-            *(QUICK["sft"] if ctx.quick else []),
-        ], expect=SftConfig)
-        experts[domain] = run_sft(sft)
-        ctx.artifacts[f"expert_{domain}"] = experts[domain]
+    # the two domains are independent: one worker process per core
+    paths = run_parallel(train_domain_expert, [(d, world, init, out, ctx.quick) for d in DOMAINS])
+    experts = dict(zip(DOMAINS, map(Path, paths)))
+    for domain, path in experts.items():
+        ctx.artifacts[f"expert_{domain}"] = path
 
     eval_dir = out / "eval"
     h = inputs_hash({"quick": ctx.quick}, *(e / "manifest.json" for e in experts.values()))

@@ -16,12 +16,13 @@ from kinject.demo import DemoContext, stage
 
 REPO = Path(__file__).resolve().parents[3]
 DOMAINS = ("materials", "adjuvant")
-QUICK = ["alignment.steps=400", "alignment.limit=4000", "domain.steps=100"]  # memory QUICK builds 4000 align items
+QUICK = ["alignment.steps=400", "alignment.limit=4000", "domain.steps=100"]  # memory QUICK builds 500 dev + 4000 align items
 SPLITS = {"dev": "{d}", "dev_para": "{d}_para"}  # world split -> results dataset name
 
 
-@stage("gag", order=70, help="GAG Stage III (alignment + domain) on the frozen base, scored on dev")
-def gag_stage(ctx: DemoContext, out: Path) -> None:
+def train_domain_injector(domain: str, world: Path, base: Path, mem: Path, amem: Path, out: Path,
+                          quick: bool) -> Path:
+    """Stage III + evaluation of one domain (a worker of `run_parallel`); returns the run dir."""
     from kinject.config import load_config
     from kinject.gag.config import Stage3Config
     from kinject.gag.evaluate import evaluate_gag
@@ -31,51 +32,61 @@ def gag_stage(ctx: DemoContext, out: Path) -> None:
     from kinject.memory.store import MemoryStore
     from kinject.runs import RunRecorder, inputs_hash, is_complete
 
+    ddir = world / f"{domain}_domain"
+    cfg = load_config(REPO / f"configs/gag/{domain}_stage3_tiny.yaml", [
+        f"base={base}", f"out={out / domain}",
+        f"alignment.data={world / 'general' / 'align.jsonl'}", f"alignment.memory={amem}",
+        f"domain.data={ddir / 'qa_train.jsonl'}", f"domain.memory={mem}", *(QUICK if quick else []),
+    ], expect=Stage3Config)
+    h = inputs_hash(cfg, mem / "manifest.json", amem / "manifest.json", *sorted(base.glob("*.safetensors")))
+    run_dir = Path(cfg.out)
+    if is_complete(run_dir, h):
+        return run_dir
+    fresh_or_resume(run_dir, h)
+    rec = RunRecorder(run_dir, "demo gag", cfg, cfg.seed)
+    trainer = Stage3Trainer(cfg, say=print)
+    with rec.timer("train"):
+        rec.metrics.update(trainer.train())
+    store = MemoryStore(mem)
+    rows = []
+    with rec.timer("eval"):
+        for split, name in SPLITS.items():
+            res = evaluate_gag(trainer.injector.eval(), trainer.base, store,
+                               read_jsonl(ddir / f"qa_{split}.jsonl"), name.format(d=domain), split)
+            rows += res["results"]
+            write_jsonl_atomic(run_dir / "eval" / f"predictions_{split}.jsonl", res["predictions"])
+            rec.metrics[f"{split}/foreign_value_rate"] = res["foreign_value_rate"]
+        # the channel alone: fresh general facts the expert only read (align_dev memories are
+        # built with the alignment store), so no expert knowledge is involved
+        align_rows = read_jsonl(world / "general" / "align_dev.jsonl")[:200]
+        res = evaluate_gag(trainer.injector.eval(), trainer.base, MemoryStore(amem), align_rows, "align_fresh", "dev")
+        rows += res["results"]
+        rec.metrics["align_dev/foreign_value_rate"] = res["foreign_value_rate"]
+    write_jsonl_atomic(run_dir / "eval" / "results.jsonl", rows)
+    rec.metrics.update({f"{r['dataset']}/{r['split']}/{r['method']}/{r['metric']}": r["value"] for r in rows})
+    rec.write(inputs_hash=h)
+    return run_dir
+
+
+@stage("gag", order=70, help="GAG Stage III (alignment + domain) on the frozen base, scored on dev")
+def gag_stage(ctx: DemoContext, out: Path) -> None:
+    from kinject.demo import run_parallel
+    from kinject.io import read_jsonl, write_jsonl_atomic
+
     world, base = Path(ctx.artifacts["world"]), Path(ctx.artifacts["foundation"]) / "base"
+    jobs = [(d, world, base, Path(ctx.artifacts[f"memory_{d}"]), Path(ctx.artifacts[f"align_memory_{d}"]), out,
+             ctx.quick) for d in DOMAINS]
     all_rows = []
-    for domain in DOMAINS:
-        ddir = world / f"{domain}_domain"
-        mem, amem = Path(ctx.artifacts[f"memory_{domain}"]), Path(ctx.artifacts[f"align_memory_{domain}"])
-        cfg = load_config(REPO / f"configs/gag/{domain}_stage3_tiny.yaml", [
-            f"base={base}", f"out={out / domain}",
-            f"alignment.data={world / 'general' / 'align.jsonl'}", f"alignment.memory={amem}",
-            f"domain.data={ddir / 'qa_train.jsonl'}", f"domain.memory={mem}", *(QUICK if ctx.quick else []),
-        ], expect=Stage3Config)
-        h = inputs_hash(cfg, mem / "manifest.json", amem / "manifest.json", *sorted(base.glob("*.safetensors")))
-        run_dir = Path(cfg.out)
-        if not is_complete(run_dir, h):
-            fresh_or_resume(run_dir, h)
-            rec = RunRecorder(run_dir, "demo gag", cfg, cfg.seed)
-            trainer = Stage3Trainer(cfg, say=print)
-            with rec.timer("train"):
-                rec.metrics.update(trainer.train())
-            store = MemoryStore(mem)
-            rows = []
-            with rec.timer("eval"):
-                for split, name in SPLITS.items():
-                    res = evaluate_gag(trainer.injector.eval(), trainer.base, store,
-                                       read_jsonl(ddir / f"qa_{split}.jsonl"), name.format(d=domain), split)
-                    rows += res["results"]
-                    write_jsonl_atomic(run_dir / "eval" / f"predictions_{split}.jsonl", res["predictions"])
-                    rec.metrics[f"{split}/foreign_value_rate"] = res["foreign_value_rate"]
-                # the channel alone: fresh general facts the expert only read (align_dev memories
-                # are built with the alignment store), so no expert knowledge is involved
-                align_rows = read_jsonl(world / "general" / "align_dev.jsonl")[:200]
-                res = evaluate_gag(trainer.injector.eval(), trainer.base, MemoryStore(amem), align_rows,
-                                   "align_fresh", "dev")
-                rows += res["results"]
-                rec.metrics["align_dev/foreign_value_rate"] = res["foreign_value_rate"]
-            write_jsonl_atomic(run_dir / "eval" / "results.jsonl", rows)
-            rec.metrics.update({f"{r['split']}/{r['method']}/{r['metric']}": r["value"] for r in rows})
-            rec.write(inputs_hash=h)
+    for domain, run_dir in zip(DOMAINS, run_parallel(train_domain_injector, jobs)):
         rows = list(read_jsonl(run_dir / "eval" / "results.jsonl"))
         all_rows += rows
         ctx.artifacts[f"injector_{domain}"] = run_dir / "injector"
-        em = {(r["split"], r["method"]): r["value"] for r in rows if r["metric"] == "em"}
+        em = {(r["dataset"], r["method"]): r["value"] for r in rows if r["metric"] == "em"}
+        d, dp = domain, f"{domain}_para"
         ctx.summary[f"gag {domain}: dev EM (zeroed / foreign memories)"] = (
-            f"{em[('dev', 'gag')]:.2f} ({em[('dev', 'gag_zero_memory')]:.2f} / {em[('dev', 'gag_foreign_memory')]:.2f})")
-        ctx.summary[f"gag {domain}: dev_para EM"] = f"{em[('dev_para', 'gag')]:.2f}"
-        if ("dev", "gag") in em and any(r["dataset"] == "align_fresh" for r in rows):
-            a = {r["method"]: r["value"] for r in rows if r["dataset"] == "align_fresh" and r["metric"] == "em"}
-            ctx.summary[f"gag {domain}: fresh general facts EM (zeroed)"] = f"{a['gag']:.2f} ({a['gag_zero_memory']:.2f})"
+            f"{em[(d, 'gag')]:.2f} ({em[(d, 'gag_zero_memory')]:.2f} / {em[(d, 'gag_foreign_memory')]:.2f})")
+        ctx.summary[f"gag {domain}: dev_para EM"] = f"{em[(dp, 'gag')]:.2f}"
+        if ("align_fresh", "gag") in em:
+            ctx.summary[f"gag {domain}: fresh general facts EM (zeroed)"] = (
+                f"{em[('align_fresh', 'gag')]:.2f} ({em[('align_fresh', 'gag_zero_memory')]:.2f})")
     write_jsonl_atomic(out / "results.jsonl", all_rows)

@@ -52,27 +52,34 @@ def build_store(config_file: Path, overrides: list[str], files: list[Path]) -> t
     return out, stats
 
 
+def build_domain_stores(domain: str, world: Path, expert: Path, out: Path, quick: bool) -> tuple:
+    """One domain's two stores (a worker of `run_parallel`): (domain store, stats, align store)."""
+    weights = sorted(expert.glob("*.safetensors"))
+    ddir = world / f"{domain}_domain"
+    qfiles = [ddir / f"qa_{s}.jsonl" for s in ("train", "dev", "dev_para")]
+    store, stats = build_store(
+        REPO / f"configs/gag/{domain}_memory_tiny.yaml",
+        [f"expert={expert}", f"out={out / domain}", f"questions=[{', '.join(map(str, qfiles))}]",
+         *(QUICK["domain"] if quick else [])],
+        [*weights, *qfiles])
+    align = [world / "general" / "align_dev.jsonl", world / "general" / "align.jsonl"]
+    align_store, _ = build_store(
+        REPO / f"configs/gag/{domain}_align_memory_tiny.yaml",
+        [f"expert={expert}", f"out={out / f'{domain}_align'}", f"questions=[{', '.join(map(str, align))}]",
+         *(QUICK["align"] if quick else [])],
+        [*weights, *align])
+    return store, stats, align_store
+
+
 @stage("memory", order=60, help="GAG memories: expert backgrounds -> 4-layer slots, per private domain")
 def memory_stage(ctx: DemoContext, out: Path) -> None:
+    from kinject.demo import run_parallel
+
     world = Path(ctx.artifacts["world"])
-    for domain in DOMAINS:
-        expert = Path(ctx.artifacts[f"expert_{domain}"])
-        weights = sorted(expert.glob("*.safetensors"))
-        ddir = world / f"{domain}_domain"
-        qfiles = [ddir / f"qa_{s}.jsonl" for s in ("train", "dev", "dev_para")]
-        store, stats = build_store(
-            REPO / f"configs/gag/{domain}_memory_tiny.yaml",
-            [f"expert={expert}", f"out={out / domain}", f"questions=[{', '.join(map(str, qfiles))}]",
-             *(QUICK["domain"] if ctx.quick else [])],
-            [*weights, *qfiles])
+    jobs = [(d, world, Path(ctx.artifacts[f"expert_{d}"]), out, ctx.quick) for d in DOMAINS]
+    for domain, (store, stats, align_store) in zip(DOMAINS, run_parallel(build_domain_stores, jobs)):
         ctx.artifacts[f"memory_{domain}"] = store
+        ctx.artifacts[f"align_memory_{domain}"] = align_store
         if stats:
             ctx.summary[f"memory {domain}: samples/s, generated tokens/s"] = (
                 f"{stats['samples_per_s']}, {stats['tokens_per_s']}")
-        align = [world / "general" / "align_dev.jsonl", world / "general" / "align.jsonl"]
-        store, _ = build_store(
-            REPO / f"configs/gag/{domain}_align_memory_tiny.yaml",
-            [f"expert={expert}", f"out={out / f'{domain}_align'}", f"questions=[{', '.join(map(str, align))}]",
-             *(QUICK["align"] if ctx.quick else [])],
-            [*weights, *align])
-        ctx.artifacts[f"align_memory_{domain}"] = store
