@@ -64,3 +64,20 @@ def test_shipped_base_quality_bars_on_a_sample(world, shipped):
         full = shipped["bars"][name]["em"]  # measured on the full sample when shipped
         need = 0.8 if shipped["bars"][name]["pass"] else full
         assert scores[name]["em"] >= need - MARGIN, (name, scores[name]["em"], need)
+
+
+def test_each_model_is_keyed_on_its_own_shape_and_schedule(tmp_path):
+    """Resuming `world pretrain` keeps a finished model unless *its* inputs changed."""
+    from kinject.world.config import FoundationConfig
+    from kinject.world.pretrain import model_inputs_hash
+
+    (tmp_path / "tokenizer.json").write_text("{}")
+    cfg = FoundationConfig()
+    h = {m: model_inputs_hash(cfg, m, "w1", tmp_path) for m in ("base", "expert_init")}
+    assert h["base"] != h["expert_init"]
+    bigger_expert = cfg.model_copy(update={"expert": cfg.expert.model_copy(update={"hidden": 128})})
+    assert model_inputs_hash(bigger_expert, "base", "w1", tmp_path) == h["base"]
+    assert model_inputs_hash(bigger_expert, "expert_init", "w1", tmp_path) != h["expert_init"]
+    assert model_inputs_hash(cfg.model_copy(update={"parallel": not cfg.parallel}), "base", "w1", tmp_path) == h["base"]
+    assert model_inputs_hash(cfg.model_copy(update={"vocab_size": 4096}), "base", "w1", tmp_path) != h["base"]
+    assert model_inputs_hash(cfg, "base", "w2", tmp_path) != h["base"]

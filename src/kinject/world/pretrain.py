@@ -201,6 +201,15 @@ def _train_and_save(tok, docs, cfg, evals, log_path, dtype, out, name, shape, ts
     sub.write(inputs_hash=h)
 
 
+def model_inputs_hash(cfg: FoundationConfig, name: str, world_hash: str | None, tok_dir: Path) -> str:
+    """What one model depends on: the shared settings, its own shape and schedule, the world and
+    the tokenizer (so changing the expert's shape does not retrain the base, and vice versa)."""
+    own = {"base": ("base", "base_train"), "expert_init": ("expert", "expert_train")}
+    shared = cfg.model_dump(mode="json", exclude={"base", "base_train", "expert", "expert_train", "parallel"})
+    mine = {k: getattr(cfg, k).model_dump(mode="json") for k in own[name]}
+    return inputs_hash({"shared": shared, "own": mine, "model": name, "world": world_hash}, tok_dir / "tokenizer.json")
+
+
 def pretrain_foundation(world: str | Path, config_path: str | Path | None, out: str | Path, overrides=()) -> Path:
     from kinject.config import load_config
     from kinject.models import load_tokenizer, resolve_dtype
@@ -236,8 +245,7 @@ def pretrain_foundation(world: str | Path, config_path: str | Path | None, out: 
     jobs = []
     for i, (name, shape, ts) in enumerate((("base", cfg.base, cfg.base_train),
                                           ("expert_init", cfg.expert, cfg.expert_train))):
-        h = inputs_hash({"cfg": cfg.model_dump(mode="json"), "model": name, "world": world_hash},
-                        tok_dir / "tokenizer.json")
+        h = model_inputs_hash(cfg, name, world_hash, tok_dir)
         if not is_complete(out / name, h):  # resumable: a finished model is kept
             jobs.append((name, shape, ts, cfg.seed + i, h))
     args = [(tok, docs, cfg, evals, log_path, dtype, out, *job) for job in jobs]
