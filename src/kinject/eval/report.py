@@ -92,14 +92,60 @@ def markdown_report(rows: Sequence[ResultRow], title: str = "Evaluation report",
 
 
 def write_report(out: Path, rows: Sequence[ResultRow], title: str = "Evaluation report",
-                 notes: Sequence[str] = (), plots: bool = True) -> list[Path]:
+                 notes: Sequence[str] = (), plots: bool = True, curves: dict[str, Path] | None = None) -> list[Path]:
+    """report.md (+ accuracy plots, the routing confusion matrices already in `out`, and the
+    training curves: each stage's PNG copied to `curves/` and tiled into `training_curves.png`)."""
+    written: list[Path] = []
     if plots:
-        notes = [*notes, "", "![accuracy per method and dataset](accuracy.png)",
-                 "![accuracy vs added tokens](accuracy_vs_tokens.png)"]
-    written = [write_text_atomic(out / "report.md", markdown_report(rows, title, notes))]
+        notes = [*notes, "", "## Plots", "", "![accuracy per method and dataset](accuracy.png)", "",
+                 "![accuracy vs added tokens](accuracy_vs_tokens.png)", ""]
+        notes += [f"![routing confusion]({p.name})" for p in sorted(out.glob("routing_confusion__*.png"))]
+        found = {k: p for k, p in (curves or {}).items() if Path(p).is_file()}
+        missing = sorted(set(curves or {}) - set(found))
+        if found:
+            written += collect_curves(out, found)
+            notes += ["", "## Training curves", "", "![training curves](training_curves.png)", "",
+                      "Per stage: " + ", ".join(f"[{k}](curves/{_slug(k)}.png)" for k in found) + "."]
+        if missing:
+            notes += ["", f"Training curves not found (stage not run): {', '.join(missing)}."]
+    written.insert(0, write_text_atomic(out / "report.md", markdown_report(rows, title, notes)))
     if plots:
         written += plot_results(out, rows)
     return written
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+
+
+def collect_curves(out: Path, curves: dict[str, Path]) -> list[Path]:
+    """Copy each stage's curve PNG to `curves/<label>.png` and tile them into `training_curves.png`."""
+    import shutil
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    (out / "curves").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for label, src in curves.items():
+        dst = out / "curves" / f"{_slug(label)}.png"
+        shutil.copyfile(src, dst)
+        paths.append(dst)
+    cols = min(3, len(curves))
+    nrows = -(-len(curves) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.2 * nrows), squeeze=False)
+    for ax, (label, src) in zip(axes.flat, curves.items()):
+        ax.imshow(mpimg.imread(src))
+        ax.set_title(label, fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("Training curves of the pipeline's stages")
+    paths.append(_save(fig, out / "training_curves.png"))
+    plt.close(fig)
+    return paths
 
 
 def _save(fig, path: Path) -> Path:
