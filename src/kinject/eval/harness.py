@@ -241,7 +241,7 @@ def _run(cfg: EvalConfig, out: Path, source: str, ctx: MethodContext, datasets: 
         curves = {k: cfg.resolve(v) for k, v in cfg.training_curves.items()}
         write_report(tmp, rows, title="kinject evaluation", plots=cfg.plots,
                      notes=[f"Config: `{source}`. Predictions per method and dataset under `predictions/`."],
-                     curves=curves)
+                     curves=curves, order=[d.name for d in datasets])
         rec.metrics = {f"{r.method}/{r.dataset}/{r.metric}": r.value for r in rows}
         rec.write(tmp, inputs_hash=digest)
     return rows

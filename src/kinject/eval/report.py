@@ -38,8 +38,10 @@ def _method_mean(rows: Sequence[ResultRow], method: str, metric: str) -> float |
     return sum(r.value * r.n for r in sel) / total if total else None
 
 
-def _datasets(rows: Sequence[ResultRow]) -> list[str]:
-    return list(dict.fromkeys(r.dataset for r in rows))
+def _datasets(rows: Sequence[ResultRow], order: Sequence[str] = ()) -> list[str]:
+    """Datasets in `order` (the config's) first, then any other in order of appearance."""
+    seen = dict.fromkeys(r.dataset for r in rows)
+    return [d for d in order if d in seen] + [d for d in seen if d not in order]
 
 
 def primary_metric(rows: Sequence[ResultRow], dataset: str) -> str | None:
@@ -48,9 +50,10 @@ def primary_metric(rows: Sequence[ResultRow], dataset: str) -> str | None:
     return next((r.metric for r in rows if r.dataset == dataset and r.metric not in skip), None)
 
 
-def markdown_report(rows: Sequence[ResultRow], title: str = "Evaluation report", notes: Sequence[str] = ()) -> str:
+def markdown_report(rows: Sequence[ResultRow], title: str = "Evaluation report", notes: Sequence[str] = (),
+                    order: Sequence[str] = ()) -> str:
     methods = list(dict.fromkeys(r.method for r in rows))
-    datasets = _datasets(rows)
+    datasets = _datasets(rows, order)
     splits = {r.dataset: r.split for r in rows}
     ns = {r.dataset: r.n for r in rows if r.metric not in EFFICIENCY_METRICS}
     cell = {(r.method, r.dataset, r.metric): r for r in rows}
@@ -92,7 +95,8 @@ def markdown_report(rows: Sequence[ResultRow], title: str = "Evaluation report",
 
 
 def write_report(out: Path, rows: Sequence[ResultRow], title: str = "Evaluation report",
-                 notes: Sequence[str] = (), plots: bool = True, curves: dict[str, Path] | None = None) -> list[Path]:
+                 notes: Sequence[str] = (), plots: bool = True, curves: dict[str, Path] | None = None,
+                 order: Sequence[str] = ()) -> list[Path]:
     """report.md (+ accuracy plots, the routing confusion matrices already in `out`, and the
     training curves: each stage's PNG copied to `curves/` and tiled into `training_curves.png`)."""
     written: list[Path] = []
@@ -108,9 +112,9 @@ def write_report(out: Path, rows: Sequence[ResultRow], title: str = "Evaluation 
                       "Per stage: " + ", ".join(f"[{k}](curves/{_slug(k)}.png)" for k in found) + "."]
         if missing:
             notes += ["", f"Training curves not found (stage not run): {', '.join(missing)}."]
-    written.insert(0, write_text_atomic(out / "report.md", markdown_report(rows, title, notes)))
+    written.insert(0, write_text_atomic(out / "report.md", markdown_report(rows, title, notes, order)))
     if plots:
-        written += plot_results(out, rows)
+        written += plot_results(out, rows, order)
     return written
 
 
@@ -154,14 +158,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_results(out: Path, rows: Sequence[ResultRow]) -> list[Path]:
+def plot_results(out: Path, rows: Sequence[ResultRow], order: Sequence[str] = ()) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(r.method for r in rows))
-    datasets = [d for d in _datasets(rows) if primary_metric(rows, d)]
+    datasets = [d for d in _datasets(rows, order) if primary_metric(rows, d)]
     cell = {(r.method, r.dataset, r.metric): r.value for r in rows}
     paths = []
 
