@@ -69,7 +69,10 @@ def test_datasets_filter_answers_from_and_curves(tmp_path):
     ax.plot([1, 2], [3, 1])
     fig.savefig(tmp_path / "loss_curves.png")
     plt.close(fig)
+    (tmp_path / "train_log.json").write_text(json.dumps([{"loss": 4.0, "step": 10}, {"loss": 2.0, "step": 20},
+                                                          {"train_runtime": 6.0}]))
     cfg = make_cfg(w, training_curves={"expert materials_sft": str(tmp_path / "loss_curves.png"),
+                                       "grip model": str(tmp_path / "train_log.json"),
                                        "gag adjuvant": str(tmp_path / "missing.png")})
     rows = run_eval(cfg, tmp_path / "out", quiet=True)
     ran = {(r.method, r.dataset) for r in rows}
@@ -82,6 +85,7 @@ def test_datasets_filter_answers_from_and_curves(tmp_path):
     report = (out / "report.md").read_text()
     assert (out / "curves" / "expert_materials_sft.png").is_file() and (out / "training_curves.png").is_file()
     assert "![training curves](training_curves.png)" in report and "(curves/expert_materials_sft.png)" in report
+    assert (out / "curves" / "grip_model.png").read_bytes()[:4] == b"\x89PNG"  # a log is plotted
     assert "Training curves not found (stage not run): gag adjuvant." in report
     assert "| lookup_k2 | - | 0.000 | - |" in report  # a dataset the method does not run on is "-"
 
@@ -105,6 +109,17 @@ def test_nested_option_paths_are_fingerprinted(tmp_path):
     (tmp_path / "adapter" / "w.bin").write_bytes(b"x")
     cfg = make_cfg(tmp_path, methods=[{"name": "lookup_k1", "options": {"domains": {"m": str(tmp_path / "adapter")}}}])
     assert str(tmp_path / "adapter") in option_fingerprints(cfg)
+
+
+def test_curve_files_prefer_pngs_then_logs(tmp_path):
+    from kinject.eval.demo_stages import curve_files
+
+    for rel in ("expert/m_sft/loss_curves.png", "expert/m_sft/log_history.json", "grip/model/train_log.json",
+                "eval/accuracy_curve.png", "gag/m/checkpoints/step-5/history.jsonl", "world/world/x.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("[]")
+    assert curve_files(tmp_path) == {"expert m_sft": str(tmp_path / "expert/m_sft/loss_curves.png"),
+                                     "grip model": str(tmp_path / "grip/model/train_log.json")}
 
 
 def test_demo_methods_from_artifacts(tmp_path):

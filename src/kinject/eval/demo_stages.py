@@ -86,14 +86,22 @@ def demo_methods(artifacts: dict) -> tuple[list[dict], dict[str, str]]:
     return entries, skipped
 
 
+LOGS = ("log_history.json", "train_log.json", "history.jsonl")  # trainer logs with step + loss
+
+
 def curve_files(out_root: Path) -> dict[str, str]:
-    """label -> PNG for every stage's loss curves under the demo output dir (eval excluded)."""
-    found = {}
-    for p in sorted(out_root.glob("*/**/*.png")):
-        rel = p.relative_to(out_root)
-        if rel.parts[0] == "eval" or "curve" not in p.stem:
+    """label -> curve source for every training run under the demo output dir (eval excluded):
+    its loss-curve PNG, else its trainer log (the report plots it)."""
+    found: dict[str, str] = {}
+    runs = sorted({p.parent for pat in ("*curve*.png", *LOGS) for p in out_root.glob(f"*/**/{pat}")})
+    for run in runs:
+        rel = run.relative_to(out_root)
+        if rel.parts[0] == "eval" or any("checkpoint" in part for part in rel.parts):
             continue
-        found[str(rel.parent).replace("/", " ")] = str(p)
+        pngs = sorted(run.glob("*curve*.png"))
+        logs = [run / name for name in LOGS if (run / name).is_file()]
+        if pngs or logs:
+            found[" ".join(rel.parts)] = str((pngs or logs)[0])
     return found
 
 

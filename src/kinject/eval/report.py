@@ -118,6 +118,15 @@ def write_report(out: Path, rows: Sequence[ResultRow], title: str = "Evaluation 
     return written
 
 
+def _read_log(path: Path) -> list[dict]:
+    """A trainer log: a JSON list (HF `log_history`) or JSONL rows, each with `step` and `loss`."""
+    import json
+
+    text = path.read_text(encoding="utf-8")
+    rows = json.loads(text) if path.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
+    return [r for r in rows if isinstance(r, dict) and "step" in r]
+
+
 def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
 
@@ -136,8 +145,14 @@ def collect_curves(out: Path, curves: dict[str, Path]) -> list[Path]:
     paths = []
     for label, src in curves.items():
         dst = out / "curves" / f"{_slug(label)}.png"
-        shutil.copyfile(src, dst)
+        if Path(src).suffix in (".json", ".jsonl"):  # a trainer log without a PNG (e.g. GRIP SFT)
+            from kinject.expert.training import plot_loss_curves
+
+            plot_loss_curves(_read_log(Path(src)), dst, label)
+        else:
+            shutil.copyfile(src, dst)
         paths.append(dst)
+    curves = {label: out / "curves" / f"{_slug(label)}.png" for label in curves}
     cols = min(3, len(curves))
     nrows = -(-len(curves) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.2 * nrows), squeeze=False)
