@@ -149,3 +149,33 @@ def test_demo_methods_from_artifacts(tmp_path):
     mixed = entries[-2]
     assert mixed["datasets"] == ["mixed"] and set(mixed["options"]["domains"]) == {"materials", "adjuvant"}
     assert not skipped
+
+
+def test_bad_method_options_are_one_line(tmp_path, tiny_model_dir):
+    import subprocess
+    import sys
+
+    import yaml
+
+    w = world(tmp_path)
+    cases = {
+        "options.domains is empty": {"name": "lora", "options": {"base": str(tiny_model_dir), "domains": {}}},
+        "options of method 'gag'": {"name": "gag", "options": {"base": str(tiny_model_dir), "experts": {}}},
+        "unknown dataset 'wiki'": {"name": "expert", "options": {"domains": {"materials": str(tiny_model_dir)}},
+                                   "datasets": ["wiki"]},
+        "has domain 'materials' but the method has only adjuvant": {
+            "name": "expert", "options": {"domains": {"adjuvant": str(tiny_model_dir)}}, "datasets": ["materials"]},
+    }
+    for want, method in cases.items():
+        cfg = {"kind": "eval", "data_root": str(w), "device": "cpu", "metrics": ["em"], "plots": False,
+               "datasets": [{"name": "materials", "path": "dom.jsonl"}], "methods": [method]}
+        with pytest.raises(UserError) as e:
+            run_eval(EvalConfig(**cfg), tmp_path / "out", quiet=True)
+        assert want in str(e.value) and "\n" not in str(e.value)
+        assert not (tmp_path / "out").exists()
+    # through the CLI: one `error:` line, exit 2
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([sys.executable, "-m", "kinject.cli", "eval", "run", "--config", str(tmp_path / "c.yaml"),
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    errors = [x for x in res.stderr.splitlines() if x.startswith("error:")]
+    assert res.returncode == 2 and len(errors) == 1 and want in errors[0], res.stderr[-800:]
