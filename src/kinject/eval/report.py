@@ -184,12 +184,15 @@ def plot_results(out: Path, rows: Sequence[ResultRow], order: Sequence[str] = ()
     cell = {(r.method, r.dataset, r.metric): r.value for r in rows}
     paths = []
 
-    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(datasets) * max(1, len(methods)) / 2), 3.6))
+    bars_total = len(datasets) * max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(min(16, max(5, 0.22 * bars_total + 2)), 3.6))
     width = 0.8 / max(1, len(methods))
     for i, m in enumerate(methods):
-        ys = [cell.get((m, d, primary_metric(rows, d)), 0.0) for d in datasets]
-        bars = ax.bar([j + i * width for j in range(len(datasets))], ys, width, label=m)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        # only the datasets the method ran on get a bar (a method filtered off a dataset is not a 0)
+        js = [j for j, d in enumerate(datasets) if (m, d, primary_metric(rows, d)) in cell]
+        ys = [cell[(m, datasets[j], primary_metric(rows, datasets[j]))] for j in js]
+        bars = ax.bar([j + i * width for j in js], ys, width, label=m)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6 if bars_total > 24 else 7, rotation=90 if bars_total > 24 else 0)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(datasets))])
     ax.set_xticklabels([f"{d}\n({primary_metric(rows, d)})" for d in datasets])
     ax.set_ylim(0, 1)
