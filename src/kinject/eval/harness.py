@@ -167,7 +167,7 @@ def run_eval(cfg: EvalConfig, out: Path, source: str = "config", force: bool = F
     datasets = prepare_datasets(cfg, source)
     used = {m for d in datasets for m in d.metrics}
     check_metric_options(cfg.metric_options, sorted(used), f" in {source} (metric_options)")
-    curves = {k: cfg.resolve(v) for k, v in cfg.training_curves.items()}
+    curves = dict(cfg.training_curves)  # relative to the working directory, like model paths
     digest = inputs_hash({"config": cfg.model_dump(mode="json"), "options": option_fingerprints(cfg)},
                          *(d.path for d in datasets), *(f for d in datasets for f in d.answers_from),
                          *(p for p in curves.values() if p.is_file()))
@@ -238,7 +238,7 @@ def _run(cfg: EvalConfig, out: Path, source: str, ctx: MethodContext, datasets: 
             del method
             gc.collect()
         write_results(tmp, rows, append=False)
-        curves = {k: cfg.resolve(v) for k, v in cfg.training_curves.items()}
+        curves = dict(cfg.training_curves)  # relative to the working directory, like model paths
         write_report(tmp, rows, title="kinject evaluation", plots=cfg.plots,
                      notes=[f"Config: `{source}`. Predictions per method and dataset under `predictions/`."],
                      curves=curves, order=[d.name for d in datasets])
