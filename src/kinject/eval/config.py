@@ -42,7 +42,8 @@ class EvalConfig(StageConfig):
     limit: int | None = None  # cap on questions per dataset (quick runs)
     num_threads: int | None = None  # torch intra-op threads while methods answer (None: unchanged)
     plots: bool = True
-    # label -> PNG of a training stage's curves, collected into the report (curves/ + training_curves.png)
+    # label -> a training run's curve PNG or trainer log (JSON list / JSONL of {step, loss}), collected
+    # into the report (curves/ + training_curves.png)
     training_curves: dict[str, Path] = Field(default_factory=dict)
 
     def resolve(self, path: Path) -> Path:
