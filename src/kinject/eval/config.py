@@ -13,6 +13,7 @@ from kinject.config import StageConfig, StrictModel, register_config
 class MethodEntry(StrictModel):
     name: str  # a registered method name, e.g. base, rag_k3, gag
     options: dict[str, Any] = Field(default_factory=dict)  # validated by the method's options model
+    datasets: list[str] | None = None  # run only on these datasets (names); None: all of them
 
 
 class DatasetEntry(StrictModel):
@@ -22,6 +23,9 @@ class DatasetEntry(StrictModel):
     where: dict[str, Any] = Field(default_factory=dict)  # keep rows with these field values (hops: 2)
     limit: int | None = None  # first N questions (after `where`)
     metrics: list[str] | None = None  # overrides the config's metrics for this dataset
+    # files to look missing answers up in by question text (mixed_domain/online has none);
+    # relative paths resolve under data_root
+    answers_from: list[Path] = Field(default_factory=list)
 
 
 class EvalConfig(StageConfig):
@@ -38,9 +42,15 @@ class EvalConfig(StageConfig):
     limit: int | None = None  # cap on questions per dataset (quick runs)
     num_threads: int | None = None  # torch intra-op threads while methods answer (None: unchanged)
     plots: bool = True
+    # label -> a training run's curve PNG or trainer log (JSON list / JSONL of {step, loss}), collected
+    # into the report (curves/ + training_curves.png)
+    training_curves: dict[str, Path] = Field(default_factory=dict)
+
+    def resolve(self, path: Path) -> Path:
+        return path if path.is_absolute() or self.data_root is None else self.data_root / path
 
     def dataset_path(self, d: DatasetEntry) -> Path:
-        return d.path if d.path.is_absolute() or self.data_root is None else self.data_root / d.path
+        return self.resolve(d.path)
 
 
 register_config(EvalConfig)

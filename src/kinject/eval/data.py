@@ -10,6 +10,7 @@ last element.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,11 +54,29 @@ def _answers(raw: Any, where: str) -> list[str]:
     return golds
 
 
+def answer_lookup(files: Sequence[str | os.PathLike]) -> dict[str, dict]:
+    """Question text -> the first row holding it (with answers) across `files`."""
+    out: dict[str, dict] = {}
+    for f in files:
+        for row in iter_jsonl(f):
+            qf = next((k for k in QUESTION_FIELDS if k in row), None)
+            if qf is not None and any(k in row for k in ANSWER_FIELDS):
+                out.setdefault(_question_key(row[qf]), row)
+    return out
+
+
 def load_questions(
-    path: str | os.PathLike, where: dict[str, Any] | None = None, limit: int | None = None
+    path: str | os.PathLike, where: dict[str, Any] | None = None, limit: int | None = None,
+    answers_from: Sequence[str | os.PathLike] = (),
 ) -> list[Question]:
-    """Read a question file; `where` keeps rows whose fields equal the given values."""
+    """Read a question file; `where` keeps rows whose fields equal the given values.
+
+    `answers_from`: files to take a row's missing answers from, matched by question text (the
+    world's mixed online set carries only `question` and `domain`; its questions come from the
+    domain and general QA files). The matched row's other fields (e.g. `instruction`) are added
+    too; the row's own fields win."""
     p = Path(path)
+    lookup = answer_lookup(answers_from) if answers_from else {}
     out: list[Question] = []
     for lineno, row in enumerate(iter_jsonl(p), 1):
         loc = f"{p}:{lineno}"
@@ -65,9 +84,16 @@ def load_questions(
         if qf is None:
             raise UserError(f"{loc}: no question field (expected one of {', '.join(QUESTION_FIELDS)})")
         af = next((f for f in ANSWER_FIELDS if f in row), None)
+        if af is None and lookup:
+            found = lookup.get(_question_key(row[qf]))
+            if found is None:
+                raise UserError(f"{loc}: no answers in the row and its question is in none of the answers_from "
+                                f"files ({', '.join(map(str, answers_from))})")
+            row = {**{k: v for k, v in found.items() if k not in QUESTION_FIELDS}, **row}
+            af = next(f for f in ANSWER_FIELDS if f in row)
         if af is None:
             raise UserError(f"{loc}: missing answers (expected a field {' or '.join(map(repr, ANSWER_FIELDS))}); "
-                            "this file cannot be scored")
+                            "this file cannot be scored (or name files to look them up in with `answers_from`)")
         if where and any(row.get(k) != v for k, v in where.items()):
             continue
         qid = row.get("id")

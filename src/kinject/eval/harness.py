@@ -14,7 +14,7 @@ import contextlib
 import gc
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kinject.errors import UserError
@@ -41,6 +41,7 @@ class Prepared:
     questions: list[Question]
     metrics: list[str]
     path: Path
+    answers_from: list[Path] = field(default_factory=list)
 
 
 def prepare_datasets(cfg: EvalConfig, source: str) -> list[Prepared]:
@@ -55,7 +56,12 @@ def prepare_datasets(cfg: EvalConfig, source: str) -> list[Prepared]:
             raise UserError(f"{source}: dataset {d.name!r}: file not found: {path}{hint}")
         metrics = check_metrics(d.metrics or cfg.metrics, f" in {source} (dataset {d.name!r})")
         limit = min(x for x in (d.limit, cfg.limit, 10**12) if x is not None)
-        out.append(Prepared(d.name, d.split, load_questions(path, d.where or None, limit), metrics, path))
+        extra = [cfg.resolve(f) for f in d.answers_from]
+        for f in extra:
+            if not f.is_file():
+                raise UserError(f"{source}: dataset {d.name!r}: answers_from file not found: {f}")
+        out.append(Prepared(d.name, d.split, load_questions(path, d.where or None, limit, extra), metrics, path,
+                            extra))
     if not out:
         raise UserError(f"{source}: no datasets configured")
     return out
@@ -70,6 +76,14 @@ def check_methods(cfg: EvalConfig, source: str) -> None:
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         raise UserError(f"{source}: method {dup!r} is listed twice")
+    known = [d.name for d in cfg.datasets]
+    for m in cfg.methods:
+        bad = [d for d in (m.datasets or []) if d not in known]
+        if bad:
+            raise UserError(f"{source}: method {m.name!r}: unknown dataset {bad[0]!r} in its `datasets` filter; "
+                            f"configured datasets: {', '.join(known)}")
+        if m.datasets is not None and not m.datasets:
+            raise UserError(f"{source}: method {m.name!r}: empty `datasets` filter (drop the method instead)")
     for m in cfg.methods:
         try:
             spec, from_name = resolve_method(m.name)
@@ -88,11 +102,20 @@ def _fingerprint(path: Path) -> object:
 
 def option_fingerprints(cfg: EvalConfig) -> dict[str, object]:
     """Files/dirs named in method options, fingerprinted for the inputs hash."""
-    out = {}
+    out: dict[str, object] = {}
+
+    def walk(v: object) -> None:  # nested options too (per-domain experts, adapters, injectors)
+        if isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        elif isinstance(v, (str, Path)) and str(v) and str(v) not in out and Path(v).exists():
+            out[str(v)] = _fingerprint(Path(v))
+
     for m in cfg.methods:
-        for v in m.options.values():
-            if isinstance(v, str) and v and Path(v).exists():
-                out[v] = _fingerprint(Path(v))
+        walk(m.options)
     return out
 
 
@@ -144,8 +167,10 @@ def run_eval(cfg: EvalConfig, out: Path, source: str = "config", force: bool = F
     datasets = prepare_datasets(cfg, source)
     used = {m for d in datasets for m in d.metrics}
     check_metric_options(cfg.metric_options, sorted(used), f" in {source} (metric_options)")
+    curves = dict(cfg.training_curves)  # relative to the working directory, like model paths
     digest = inputs_hash({"config": cfg.model_dump(mode="json"), "options": option_fingerprints(cfg)},
-                         *(d.path for d in datasets))
+                         *(d.path for d in datasets), *(f for d in datasets for f in d.answers_from),
+                         *(p for p in curves.values() if p.is_file()))
     if not force and is_complete(out, digest):
         from kinject.eval.results import read_results
 
@@ -191,6 +216,8 @@ def _run(cfg: EvalConfig, out: Path, source: str, ctx: MethodContext, datasets: 
             with rec.timer(f"load:{entry.name}"):
                 method = build_method(entry.name, entry.options, ctx, source)
             for ds in datasets:
+                if entry.datasets is not None and ds.name not in entry.datasets:
+                    continue
                 task = progress.add_task(f"{entry.name} on {ds.name}", total=len(ds.questions))
                 with rec.timer(f"answer:{entry.name}:{ds.name}"):
                     answers, latency = run_method(method, ds.questions, cfg.batch_size, progress, task)
@@ -211,8 +238,10 @@ def _run(cfg: EvalConfig, out: Path, source: str, ctx: MethodContext, datasets: 
             del method
             gc.collect()
         write_results(tmp, rows, append=False)
+        curves = dict(cfg.training_curves)  # relative to the working directory, like model paths
         write_report(tmp, rows, title="kinject evaluation", plots=cfg.plots,
-                     notes=[f"Config: `{source}`. Predictions per method and dataset under `predictions/`."])
+                     notes=[f"Config: `{source}`. Predictions per method and dataset under `predictions/`."],
+                     curves=curves, order=[d.name for d in datasets])
         rec.metrics = {f"{r.method}/{r.dataset}/{r.metric}": r.value for r in rows}
         rec.write(tmp, inputs_hash=digest)
     return rows

@@ -137,3 +137,25 @@ def build_method(name: str, options: dict | None, ctx: MethodContext, where: str
     method = spec.factory(parsed, ctx)
     method.name = name
     return method
+
+
+def answer_by_domain(method: str, batch: list[dict], handlers: dict[str, Callable[[list[dict]], list[dict]]]) -> list[dict]:
+    """Per-domain methods (expert, text_injection, gag, lora): each row goes to the handler of its
+    `domain` field (the dataset's gold domain: oracle routing; `mixed` routes with PPR instead),
+    one call per domain, answers back in input order, `domain` added to each trace."""
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(batch):
+        d = row.get("domain")
+        if d not in handlers:
+            what = row.get("id") or row.get("question")
+            raise UserError(f"method {method!r}: question {what!r} has domain {d!r} but the method has only "
+                            f"{', '.join(sorted(handlers))} (add it under options.domains, or drop this dataset "
+                            f"from the method with its `datasets` filter)")
+        groups.setdefault(d, []).append(i)
+    out: list[dict | None] = [None] * len(batch)
+    for d, idx in groups.items():
+        got = handlers[d]([batch[i] for i in idx])
+        for i, a in zip(idx, got, strict=True):
+            a["trace"] = {**(a.get("trace") or {}), "domain": d}
+            out[i] = a
+    return out  # type: ignore[return-value]

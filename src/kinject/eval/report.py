@@ -38,8 +38,10 @@ def _method_mean(rows: Sequence[ResultRow], method: str, metric: str) -> float |
     return sum(r.value * r.n for r in sel) / total if total else None
 
 
-def _datasets(rows: Sequence[ResultRow]) -> list[str]:
-    return list(dict.fromkeys(r.dataset for r in rows))
+def _datasets(rows: Sequence[ResultRow], order: Sequence[str] = ()) -> list[str]:
+    """Datasets in `order` (the config's) first, then any other in order of appearance."""
+    seen = dict.fromkeys(r.dataset for r in rows)
+    return [d for d in order if d in seen] + [d for d in seen if d not in order]
 
 
 def primary_metric(rows: Sequence[ResultRow], dataset: str) -> str | None:
@@ -48,9 +50,10 @@ def primary_metric(rows: Sequence[ResultRow], dataset: str) -> str | None:
     return next((r.metric for r in rows if r.dataset == dataset and r.metric not in skip), None)
 
 
-def markdown_report(rows: Sequence[ResultRow], title: str = "Evaluation report", notes: Sequence[str] = ()) -> str:
+def markdown_report(rows: Sequence[ResultRow], title: str = "Evaluation report", notes: Sequence[str] = (),
+                    order: Sequence[str] = ()) -> str:
     methods = list(dict.fromkeys(r.method for r in rows))
-    datasets = _datasets(rows)
+    datasets = _datasets(rows, order)
     splits = {r.dataset: r.split for r in rows}
     ns = {r.dataset: r.n for r in rows if r.metric not in EFFICIENCY_METRICS}
     cell = {(r.method, r.dataset, r.metric): r for r in rows}
@@ -92,14 +95,76 @@ def markdown_report(rows: Sequence[ResultRow], title: str = "Evaluation report",
 
 
 def write_report(out: Path, rows: Sequence[ResultRow], title: str = "Evaluation report",
-                 notes: Sequence[str] = (), plots: bool = True) -> list[Path]:
+                 notes: Sequence[str] = (), plots: bool = True, curves: dict[str, Path] | None = None,
+                 order: Sequence[str] = ()) -> list[Path]:
+    """report.md (+ accuracy plots, the routing confusion matrices already in `out`, and the
+    training curves: each stage's PNG copied to `curves/` and tiled into `training_curves.png`)."""
+    written: list[Path] = []
     if plots:
-        notes = [*notes, "", "![accuracy per method and dataset](accuracy.png)",
-                 "![accuracy vs added tokens](accuracy_vs_tokens.png)"]
-    written = [write_text_atomic(out / "report.md", markdown_report(rows, title, notes))]
+        notes = [*notes, "", "## Plots", "", "![accuracy per method and dataset](accuracy.png)", "",
+                 "![accuracy vs added tokens](accuracy_vs_tokens.png)", ""]
+        notes += [f"![routing confusion]({p.name})" for p in sorted(out.glob("routing_confusion__*.png"))]
+        found = {k: p for k, p in (curves or {}).items() if Path(p).is_file()}
+        missing = sorted(set(curves or {}) - set(found))
+        if found:
+            written += collect_curves(out, found)
+            notes += ["", "## Training curves", "", "![training curves](training_curves.png)", "",
+                      "Per stage: " + ", ".join(f"[{k}](curves/{_slug(k)}.png)" for k in found) + "."]
+        if missing:
+            notes += ["", f"Training curves not found (stage not run): {', '.join(missing)}."]
+    written.insert(0, write_text_atomic(out / "report.md", markdown_report(rows, title, notes, order)))
     if plots:
-        written += plot_results(out, rows)
+        written += plot_results(out, rows, order)
     return written
+
+
+def _read_log(path: Path) -> list[dict]:
+    """A trainer log: a JSON list (HF `log_history`) or JSONL rows, each with `step` and `loss`."""
+    import json
+
+    text = path.read_text(encoding="utf-8")
+    rows = json.loads(text) if path.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
+    return [r for r in rows if isinstance(r, dict) and "step" in r]
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+
+
+def collect_curves(out: Path, curves: dict[str, Path]) -> list[Path]:
+    """Copy each stage's curve PNG to `curves/<label>.png` and tile them into `training_curves.png`."""
+    import shutil
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    (out / "curves").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for label, src in curves.items():
+        dst = out / "curves" / f"{_slug(label)}.png"
+        if Path(src).suffix in (".json", ".jsonl"):  # a trainer log without a PNG (e.g. GRIP SFT)
+            from kinject.expert.training import plot_loss_curves
+
+            plot_loss_curves(_read_log(Path(src)), dst, label)
+        else:
+            shutil.copyfile(src, dst)
+        paths.append(dst)
+    curves = {label: out / "curves" / f"{_slug(label)}.png" for label in curves}
+    cols = min(3, len(curves))
+    nrows = -(-len(curves) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.2 * nrows), squeeze=False)
+    for ax, (label, src) in zip(axes.flat, curves.items()):
+        ax.imshow(mpimg.imread(src))
+        ax.set_title(label, fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("Training curves of the pipeline's stages")
+    paths.append(_save(fig, out / "training_curves.png"))
+    plt.close(fig)
+    return paths
 
 
 def _save(fig, path: Path) -> Path:
@@ -108,23 +173,26 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_results(out: Path, rows: Sequence[ResultRow]) -> list[Path]:
+def plot_results(out: Path, rows: Sequence[ResultRow], order: Sequence[str] = ()) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(r.method for r in rows))
-    datasets = [d for d in _datasets(rows) if primary_metric(rows, d)]
+    datasets = [d for d in _datasets(rows, order) if primary_metric(rows, d)]
     cell = {(r.method, r.dataset, r.metric): r.value for r in rows}
     paths = []
 
-    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(datasets) * max(1, len(methods)) / 2), 3.6))
+    bars_total = len(datasets) * max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(min(16, max(5, 0.22 * bars_total + 2)), 3.6))
     width = 0.8 / max(1, len(methods))
     for i, m in enumerate(methods):
-        ys = [cell.get((m, d, primary_metric(rows, d)), 0.0) for d in datasets]
-        bars = ax.bar([j + i * width for j in range(len(datasets))], ys, width, label=m)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        # only the datasets the method ran on get a bar (a method filtered off a dataset is not a 0)
+        js = [j for j, d in enumerate(datasets) if (m, d, primary_metric(rows, d)) in cell]
+        ys = [cell[(m, datasets[j], primary_metric(rows, datasets[j]))] for j in js]
+        bars = ax.bar([j + i * width for j in js], ys, width, label=m)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6 if bars_total > 24 else 7, rotation=90 if bars_total > 24 else 0)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(datasets))])
     ax.set_xticklabels([f"{d}\n({primary_metric(rows, d)})" for d in datasets])
     ax.set_ylim(0, 1)

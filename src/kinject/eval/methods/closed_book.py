@@ -40,3 +40,11 @@ class ClosedBook:
 def make_closed_book(options: ClosedBookOptions, ctx: MethodContext) -> ClosedBook:
     """Closed-book answers from a local causal LM (general_messages, greedy, left padding)."""
     return ClosedBook(options, ctx)
+
+
+def closed_book_tokens(tokenizer, questions: list[str]) -> list[int]:
+    """Prompt tokens of the closed-book prompt per question: the zero point of `added_prompt_tokens`."""
+    from kinject.prompts import general_messages, render
+
+    return [len(tokenizer(render(tokenizer, general_messages(q)), add_special_tokens=False)["input_ids"])
+            for q in questions]

@@ -1,0 +1,1 @@
+"""Baselines that need their own training: the LoRA parametric baseline (`kinject baselines lora`)."""

@@ -1,0 +1,33 @@
+"""`kind: baseline_lora`: a PEFT LoRA fine-tune of the base on a domain's QA train split."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from kinject.config import StageConfig, StrictModel, register_config
+from kinject.expert.config import TrainSection
+
+
+class LoraSection(StrictModel):
+    """peft `LoraConfig` fields (the paper-style parametric baseline: adapters on attention + MLP)."""
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@register_config
+class LoraBaselineConfig(StageConfig):
+    kind: str = "baseline_lora"
+    base: str = Field(description="the frozen base model directory (the model answering closed-book)")
+    data: str = Field(description="the domain's qa_train.jsonl (instruction, input, output)")
+    val_data: str | None = Field(None, description="validation QA JSONL; default: hold out val_share of data")
+    out: str = Field(description="adapter output directory")
+    val_share: float = Field(0.03, gt=0.0, lt=0.5)
+    max_length: int = Field(256, ge=8)
+    limit: int | None = Field(None, ge=2, description="first N training rows (quick runs)")
+    lora: LoraSection = LoraSection()
+    dtype: str = "auto"
+    train: TrainSection = TrainSection(learning_rate=1e-3, epochs=3.0, warmup_ratio=0.05)

@@ -1,0 +1,50 @@
+"""Eval method `lora`: the base with a domain's LoRA adapter merged in, asked closed-book
+(`general_messages`, the prompt it was fine-tuned with). One adapter per private domain under
+`options.domains`; each question uses the adapter of its row's `domain`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kinject.config import StrictModel
+from kinject.eval.method import MethodContext, answer_by_domain, register_method
+
+
+class LoraOptions(StrictModel):
+    base: Path  # the base the adapters were trained on
+    domains: dict[str, Path]  # domain -> adapter dir (`kinject baselines lora`)
+    max_new_tokens: int | None = None
+
+
+class LoraMethod:
+    name = "lora"
+
+    def __init__(self, options: LoraOptions, ctx: MethodContext):
+        from kinject.baselines.lora import load_lora_model
+        from kinject.errors import UserError
+
+        if not options.domains:
+            raise UserError("method 'lora': options.domains is empty (give each domain's adapter dir)")
+        self.models = {d: load_lora_model(options.base, a, ctx.device, ctx.dtype) for d, a in options.domains.items()}
+        self.max_new_tokens = options.max_new_tokens or ctx.max_new_tokens
+        self.batch_size = ctx.batch_size
+
+    def _answer(self, domain: str, rows: list[dict]) -> list[dict]:
+        from kinject.generation import generate_texts
+        from kinject.prompts import general_messages, render
+
+        model, tok = self.models[domain]
+        prompts = [render(tok, general_messages(r["question"])) for r in rows]
+        gens = generate_texts(model, tok, prompts, self.max_new_tokens, self.batch_size)
+        return [{"prediction": g.text,
+                 "trace": {"prompt_tokens": g.n_prompt_tokens, "new_tokens": g.n_new_tokens, "added_prompt_tokens": 0}}
+                for g in gens]
+
+    def answer(self, batch: list[dict]) -> list[dict]:
+        return answer_by_domain(self.name, batch, {d: (lambda rows, d=d: self._answer(d, rows)) for d in self.models})
+
+
+@register_method("lora", options=LoraOptions)
+def make_lora(options: LoraOptions, ctx: MethodContext) -> LoraMethod:
+    """LoRA baseline: base + the domain's merged adapter, closed-book prompt."""
+    return LoraMethod(options, ctx)

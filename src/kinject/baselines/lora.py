@@ -1,0 +1,129 @@
+"""The LoRA baseline (parametric knowledge injection): a PEFT LoRA fine-tune of the base on a
+domain's QA train split, asked at eval time exactly like the closed-book base.
+
+Each example is `general_messages(input)` + the assistant answer `output`, rendered by the
+base's chat template; TRL's `SFTTrainer` with `assistant_only_loss=True` puts the loss on the
+answer (and end of turn) only, and `peft_config` wraps the frozen base with LoRA adapters. The
+run layout, resume, best-checkpoint selection, curves and manifest are the expert stages'
+(`kinject.expert.training`); what is saved is the adapter (`adapter_model.safetensors`,
+`adapter_config.json`) plus the tokenizer. The `lora` eval method loads base + adapter and
+merges them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from kinject.baselines.config import LoraBaselineConfig
+from kinject.errors import UserError
+from kinject.runs import RunRecorder, inputs_hash, is_complete
+
+console = Console(stderr=True)
+
+
+def lora_conversations(rows: list[dict]) -> list[list[dict]]:
+    """Base closed-book prompt + the gold answer: what the base is asked at eval time."""
+    from kinject.prompts import general_messages, with_answer
+
+    return [with_answer(general_messages(r["input"]), str(r["output"])) for r in rows]
+
+
+def lora_datasets(cfg: LoraBaselineConfig):
+    from datasets import Dataset
+
+    from kinject.expert.data import holdout, load_qa
+
+    rows = load_qa(cfg.data)
+    if cfg.limit:
+        rows = rows[: cfg.limit]
+    if cfg.val_data:
+        train_rows, val_rows = rows, load_qa(cfg.val_data)
+    else:
+        train_rows, val_rows = holdout(rows, cfg.val_share, cfg.seed, "QA records")
+    return (Dataset.from_dict({"messages": lora_conversations(train_rows)}),
+            Dataset.from_dict({"messages": lora_conversations(val_rows)}))
+
+
+def lora_inputs_hash(cfg: LoraBaselineConfig) -> str:
+    base = Path(cfg.base)
+    files = [cfg.data, *sorted(base.glob("*.safetensors")), base / "config.json"]
+    return inputs_hash(cfg.model_dump(exclude={"out"}), *files, *([cfg.val_data] if cfg.val_data else []))
+
+
+def peft_config(cfg: LoraBaselineConfig, model):
+    from peft import LoraConfig
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in cfg.lora.target_modules if t not in names]
+    if missing:
+        raise UserError(f"lora.target_modules {missing} are not modules of {cfg.base} "
+                        f"(it has e.g. {', '.join(sorted(n for n in names if n.endswith('proj'))[:8])})")
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+
+
+def run_lora(cfg: LoraBaselineConfig, force: bool = False) -> Path:
+    """Train (or skip when complete with the same inputs, or resume) -> the adapter directory."""
+    from transformers import AutoConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from kinject.expert.training import (
+        check_context,
+        finish_run,
+        load_trainable,
+        make_progress_callback,
+        prepare_work_dir,
+        set_threads,
+        training_kwargs,
+        work_dir_for,
+    )
+    from kinject.io import require_file
+    from kinject.models import check_model_dir
+
+    out = Path(cfg.out)
+    base = check_model_dir(cfg.base, need_tokenizer=True)
+    require_file(cfg.data, "QA train file (build the world with `kinject world build`)")
+    h = lora_inputs_hash(cfg)
+    if not force and is_complete(out, h):
+        console.print(f"[dim]baselines lora: {out} is up to date (inputs unchanged), skipping[/dim]")
+        return out
+    check_context(AutoConfig.from_pretrained(str(base), local_files_only=True), cfg.max_length, "max_length")
+    train_ds, val_ds = lora_datasets(cfg)
+    rec = RunRecorder(out, "baselines lora", cfg, seed=cfg.seed)
+    rec.extra["data"] = {"train_examples": len(train_ds), "val_examples": len(val_ds)}
+    work = work_dir_for(out)
+    resume = prepare_work_dir(work, h)
+    if resume:
+        console.print(f"baselines lora: resuming from {resume}")
+    set_threads(cfg.train)
+    with rec.timer("load_model"):
+        model, tok = load_trainable(str(base), cfg.dtype, cfg.train.gradient_checkpointing)
+    args = SFTConfig(**training_kwargs(cfg.train, work, cfg.seed), max_length=cfg.max_length, packing=False,
+                     assistant_only_loss=True, dataset_num_proc=None)
+    span = make_progress_callback()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
+                         peft_config=peft_config(cfg, model), callbacks=[span])
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    rec.extra["parameters"] = {"trainable": trainable, "total": total}
+    with rec.timer("train"):
+        trainer.train(resume_from_checkpoint=resume)
+    finish_run(trainer, tok, out, rec, span, h, cfg.train, f"LoRA baseline {Path(cfg.data).parent.name}", resume)
+    return out
+
+
+def load_lora_model(base: str | Path, adapter: str | Path, device: str = "auto", dtype: str = "auto"):
+    """(base with the adapter merged in, tokenizer) for fast greedy decoding."""
+    from peft import PeftModel
+
+    from kinject.models import load_causal_lm
+
+    adapter = Path(adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"no LoRA adapter at {adapter} (train one with `kinject baselines lora --config ...`)")
+    model, tok = load_causal_lm(base, device=device, dtype=dtype)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.eval()
+    return merged, tok

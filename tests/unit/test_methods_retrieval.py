@@ -1,0 +1,101 @@
+"""Eval methods `rag_k{k}` and `grip` on tiny random models and a real tantivy index: trace
+keys, added prompt tokens counted against the closed-book prompt, order kept across batches,
+bad options as one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kinject.errors import UserError
+from kinject.eval.method import MethodContext, build_method
+from kinject.prompts import general_messages, knowledge_messages, render
+
+CTX = MethodContext(device="cpu", dtype="float32", batch_size=2, max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from unit.test_grip_synth import write_world
+
+    qa, index = write_world(tmp_path_factory.mktemp("methods_world"))
+    rows = [json.loads(x) for x in qa.read_text().splitlines()]
+    return [{"id": f"q{i}", "question": r["question"]} for i, r in enumerate(rows)], index
+
+
+def n_tokens(tok, text):
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def test_rag_traces_hits_and_added_tokens(world, tiny_model_dir):
+    from kinject.retrieval.base import open_index
+    from kinject.retrieval.rag import format_passages
+
+    rows, index = world
+    m = build_method("rag_k2", {"model": str(tiny_model_dir), "index": str(index)}, CTX)
+    assert m.name == "rag_k2"
+    out = m.answer(rows)
+    assert len(out) == len(rows)
+    with open_index(index) as r:
+        hits = r.batch_search([x["question"] for x in rows], 2)
+    for row, o, h in zip(rows, out, hits):
+        t = o["trace"]
+        assert t["hits"] == [x.id for x in h] and t["n_retrievals"] == 1
+        # added tokens = the knowledge prompt with the 2 plain passages minus the closed-book prompt
+        full = n_tokens(m.tokenizer, render(m.tokenizer, knowledge_messages(row["question"], format_passages(h, "plain"))))
+        closed = n_tokens(m.tokenizer, render(m.tokenizer, general_messages(row["question"])))
+        assert t["prompt_tokens"] == full and t["added_prompt_tokens"] == full - closed > 0
+    # order kept: each answer equals the one for that question alone
+    solo = [m.answer([row])[0]["prediction"] for row in rows]
+    assert [o["prediction"] for o in out] == solo
+    k1 = build_method("rag_k1", {"model": str(tiny_model_dir), "index": str(index)}, CTX).answer(rows[:2])
+    assert all(len(o["trace"]["hits"]) == 1 for o in k1)
+    assert k1[0]["trace"]["added_prompt_tokens"] < out[0]["trace"]["added_prompt_tokens"]
+
+
+def test_rag_bad_options(world, tiny_model_dir, tmp_path):
+    rows, index = world
+    with pytest.raises(UserError, match="contradicts the name"):
+        build_method("rag_k2", {"model": str(tiny_model_dir), "index": str(index), "k": 3}, CTX)
+    with pytest.raises(UserError, match="index directory not found"):
+        build_method("rag_k2", {"model": str(tiny_model_dir), "index": str(tmp_path / "none")}, CTX)
+    with pytest.raises(UserError, match="passage_format") as e:
+        build_method("rag_k1", {"model": str(tiny_model_dir), "index": str(index), "passage_format": "fancy"}, CTX)
+    assert "\n" not in str(e.value)
+
+
+def test_grip_predicts_step_answers_and_counts_rounds(world, tiny_model_dir):
+    rows, index = world
+    m = build_method("grip", {"model": str(tiny_model_dir), "index": str(index), "max_new_tokens": 8,
+                              "max_rounds": 3}, CTX)
+    out = m.answer(rows)
+    assert len(out) == len(rows)
+    closed = [n_tokens(m.tokenizer, render(m.tokenizer, general_messages(r["question"]))) for r in rows]
+    for o, c in zip(out, closed):
+        t = o["trace"]
+        assert isinstance(o["prediction"], list) and o["prediction"]  # step answers, the final one last
+        assert len(o["prediction"]) == t["n_retrievals"] + 1
+        assert 1 <= t["rounds"] <= 3 and t["n_retrievals"] <= 2 and len(t["queries"]) == t["n_retrievals"]
+        # every round's prompt is counted: at least the closed-book-sized question prompt per round
+        assert t["prompt_tokens"] >= t["rounds"] * (c - 5) and t["added_prompt_tokens"] == t["prompt_tokens"] - c
+    # a fresh count per call, same answers one at a time (batching changes nothing)
+    solo = [m.answer([r])[0] for r in rows]
+    assert [s["prediction"] for s in solo] == [o["prediction"] for o in out]
+    assert [s["trace"]["prompt_tokens"] for s in solo] == [o["trace"]["prompt_tokens"] for o in out]
+
+
+def test_grip_refuses_a_model_without_control_tokens(world, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from kinject.models import TinySpec, make_tiny_model, save_model
+
+    rows, index = world
+    raw = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1, "b": 2}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", pad_token="<unk>", eos_token="<unk>")
+    model = make_tiny_model(TinySpec(vocab=8, hidden=16, layers=1, heads=2), tokenizer=None)
+    save_model(model, tok, tmp_path / "plain")
+    with pytest.raises(UserError, match="not trained for GRIP"):
+        build_method("grip", {"model": str(tmp_path / "plain"), "index": str(index)}, CTX)
