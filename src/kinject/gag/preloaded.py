@@ -1,0 +1,47 @@
+"""A `GagPipeline` over models that are already loaded (several GAG domains, one base).
+
+`GagPipeline(...)` loads its expert and base from paths; a mixed-domain deployment serves
+several domains over ONE frozen base (and an expert may serve more than one domain), so this
+builds the same pipeline from a loaded expert, an `InjectedBase` wrapping the shared base
+model, and an `Injector`, with the same compatibility checks. Its `memories`/`answer` are
+GagPipeline's own.
+"""
+
+from __future__ import annotations
+
+from kinject.errors import UserError
+from kinject.gag.base import InjectedBase
+from kinject.gag.injector import Injector
+from kinject.gag.pipeline import GagPipeline
+
+
+def check_injector(injector: Injector, expert_model, base: InjectedBase, where: str) -> None:
+    """The checks GagPipeline makes at load time: expert dims and layers, expert fingerprint, base."""
+    from kinject.memory.background import model_fingerprint
+    from kinject.memory.layers import check_layer_keys
+
+    ecfg = expert_model.config
+    if ecfg.hidden_size != injector.config.expert_hidden:
+        raise UserError(f"expert hidden size {ecfg.hidden_size} vs {injector.config.expert_hidden} (injector {where})")
+    check_layer_keys(injector.config.layers, ecfg.num_hidden_layers)
+    want = injector.config.expert_fingerprint
+    if want and model_fingerprint(expert_model) != want:
+        raise UserError(f"the expert is not the one whose memories trained injector {where}: fingerprint "
+                        f"{model_fingerprint(expert_model)!r} (expert) vs {want!r} (injector)")
+    if injector.config.slots != base.num_slots:
+        raise UserError(f"injector {where} has {injector.config.slots} slots, the base prompt {base.num_slots}")
+    injector.check_base(base.identity(), "the shared base")
+
+
+class PreloadedGagPipeline(GagPipeline):
+    """GagPipeline whose expert, base and injector are given, not loaded (nothing is copied)."""
+
+    def __init__(self, expert_model, expert_tokenizer, base: InjectedBase, injector: Injector,
+                 system: str = "", max_background_tokens: int = 128, batch_size: int = 16,
+                 where: str = "(preloaded)"):
+        # GagPipeline.__init__ loads from paths; this sets the same attributes from loaded objects
+        check_injector(injector, expert_model, base, where)
+        self.injector = injector.to(base.device).eval()
+        self.expert, self.expert_tok = expert_model, expert_tokenizer
+        self.base = base
+        self.system, self.max_background_tokens, self.batch_size = system, max_background_tokens, batch_size

@@ -1,0 +1,407 @@
+"""The mixed-domain pipeline (SPEC-GAG "mixed-domain flow"): route each question with PPR, then
+answer it with the routed method: `general` -> the frozen base closed-book, each private domain
+-> GAG for that domain (its expert + injector over the SHARED base), optionally `wiki` -> GRIP.
+
+`MixedPipeline` is itself a `kinject.eval.method.Method`. It holds an immutable snapshot
+(router, routes); `answer()` takes the snapshot once, routes the whole batch in one encoder
+call, calls each route's method once on its group, and puts the answers back in input order.
+`add_domain` / `remove_domain` build a new snapshot and swap it in under a lock: calls already
+running finish on the old one. A route whose method raises fails only its own rows (their
+result carries `error`; `strict=True` re-raises instead, for evaluation runs).
+
+Every GAG domain checks its injector files before each call: a changed file is reloaded (and
+checked) in place, a missing or broken one fails that domain's rows with a clear message.
+
+    pipe = MixedPipeline.from_options(MixedOptions(banks=..., base=..., domains={...}))
+    pipe.answer([{"id": "q1", "question": "Which lab developed Ferovia-2?"}])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from kinject.config import StrictModel
+from kinject.errors import UserError
+
+log = logging.getLogger(__name__)
+
+GENERAL = "general"
+
+
+# ---------------------------------------------------------------- options
+
+
+class DomainOptions(StrictModel):
+    """One private domain's GAG route."""
+
+    expert: Path  # the domain expert (Stage II checkpoint)
+    injector: Path  # its Stage III injector dir (injector.json + injector.safetensors)
+    system: str = ""  # the expert's background system prompt (as in its memory build)
+    instruction: str = ""  # the base's GAG prompt instruction (the world's domain instruction)
+    max_background_tokens: int = 96
+    bank: Path | None = None  # a banks dir holding this domain's bank when `banks` lacks it
+
+
+class GripOptions(StrictModel):
+    """The optional `wiki` route: a GRIP model with its retrieval index."""
+
+    model: Path
+    index: Path
+    route: str = "wiki"
+    max_rounds: int = 4
+    top_k: int = 3
+    max_new_tokens: int = 64
+    control_tokens: str = "special"
+
+
+class MixedOptions(StrictModel):
+    banks: Path  # a PPR banks dir (`kinject ppr build`): one bank per route
+    base: Path  # the frozen base: closed-book for `general`, the injected base for every domain
+    domains: dict[str, DomainOptions] = {}
+    grip: GripOptions | None = None
+    margin: float | None = None  # best - second score below it -> `general` (the plain base)
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 16
+    max_new_tokens: int = 32
+
+
+def check_paths(opts: MixedOptions, hint: str = "") -> None:
+    """Every path an options block names must exist (one line naming the field, plus `hint`)."""
+    pairs: list[tuple[str, Path]] = [("banks", opts.banks), ("base", opts.base)]
+    for name, d in opts.domains.items():
+        pairs += [(f"domains.{name}.expert", d.expert), (f"domains.{name}.injector", d.injector)]
+        if d.bank is not None:
+            pairs.append((f"domains.{name}.bank", d.bank))
+    if opts.grip is not None:
+        pairs += [("grip.model", opts.grip.model), ("grip.index", opts.grip.index)]
+    for field, p in pairs:
+        if not Path(p).exists():
+            raise UserError(f"{field}: {p} does not exist{hint}")
+
+
+# ---------------------------------------------------------------- shared models
+
+
+class ModelCache:
+    """Loads each model directory once; every route using it shares the object.
+
+    `lock` serializes model calls: routes share models (and tokenizers whose padding side is
+    set per call), so two threads must not run them at once."""
+
+    def __init__(self, device: str = "auto", dtype: str = "auto"):
+        self.device, self.dtype = device, dtype
+        self._models: dict[str, tuple[Any, Any]] = {}
+        self._load_lock = threading.Lock()
+        self.lock = threading.RLock()
+
+    def get(self, path: str | Path) -> tuple[Any, Any]:
+        from kinject.models import load_causal_lm
+
+        key = str(Path(path).resolve())
+        with self._load_lock:
+            if key not in self._models:
+                self._models[key] = load_causal_lm(path, device=self.device, dtype=self.dtype)
+            return self._models[key]
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+# ---------------------------------------------------------------- routes (each a Method)
+
+
+class ClosedBookRoute:
+    """`general`: the base closed-book, the `base` eval method's answer() on a shared model."""
+
+    def __init__(self, models: ModelCache, base: Path, max_new_tokens: int, batch_size: int):
+        from kinject.eval.methods.closed_book import ClosedBook
+
+        model, tok = models.get(base)
+        # ClosedBook's __init__ loads its own copy; its answer() only needs these attributes
+        self._impl = ClosedBook.__new__(ClosedBook)
+        self._impl.model, self._impl.tokenizer = model, tok
+        self._impl.max_new_tokens, self._impl.batch_size = max_new_tokens, batch_size
+        self.models, self.name, self.tokenizer = models, "base", tok
+
+    def answer(self, batch: list[dict]) -> list[dict]:
+        with self.models.lock:
+            return self._impl.answer(batch)
+
+
+def _file_sig(d: Path) -> tuple | None:
+    from kinject.gag.injector import CONFIG_FILE, WEIGHTS_FILE
+
+    try:
+        return tuple((s.st_mtime_ns, s.st_size, s.st_ino) for s in (os.stat(d / f) for f in (WEIGHTS_FILE, CONFIG_FILE)))
+    except FileNotFoundError:
+        return None
+
+
+class DomainUnavailable(RuntimeError):
+    """A domain cannot answer now (its artifacts vanished or broke while serving)."""
+
+
+class GagRoute:
+    """One private domain: its expert writes a background, the injector carries it into the
+    shared base (`PreloadedGagPipeline`). The injector files are checked before every call."""
+
+    def __init__(self, domain: str, opts: DomainOptions, models: ModelCache, base: Path,
+                 max_new_tokens: int, batch_size: int):
+        from kinject.gag.base import InjectedBase
+        from kinject.gag.injector import Injector
+        from kinject.gag.preloaded import PreloadedGagPipeline
+
+        self.domain, self.opts, self.models = domain, opts, models
+        self.name = f"gag-{domain}"
+        self.max_new_tokens = max_new_tokens
+        self.injector_dir = Path(opts.injector)
+        sig = _file_sig(self.injector_dir)
+        injector = Injector.load(self.injector_dir)
+        expert, expert_tok = models.get(opts.expert)
+        model, tok = models.get(base)
+        injected = InjectedBase(model, tok, injector.config.slots, opts.instruction)
+        self.pipe = PreloadedGagPipeline(expert, expert_tok, injected, injector, opts.system,
+                                         opts.max_background_tokens, batch_size, str(self.injector_dir))
+        self._sig = sig
+        self.tokenizer = tok
+
+    def _refresh(self) -> None:
+        """Reload the injector when its files changed; refuse when they are gone or broken."""
+        from kinject.gag.injector import Injector
+        from kinject.gag.preloaded import check_injector
+
+        sig = _file_sig(self.injector_dir)
+        if sig == self._sig:
+            return
+        if sig is None:
+            raise DomainUnavailable(f"domain {self.domain!r}: injector files in {self.injector_dir} are missing "
+                                    "(removed while serving); restore them or re-add the domain")
+        try:
+            inj = Injector.load(self.injector_dir)
+            check_injector(inj, self.pipe.expert, self.pipe.base, str(self.injector_dir))
+        except UserError as e:
+            raise DomainUnavailable(f"domain {self.domain!r}: injector changed while serving and cannot be "
+                                    f"used: {e}") from None
+        self.pipe.injector = inj.to(self.pipe.base.device).eval()
+        self._sig = sig
+        log.info("domain %s: reloaded injector %s", self.domain, self.injector_dir)
+
+    def answer(self, batch: list[dict]) -> list[dict]:
+        with self.models.lock:
+            self._refresh()
+            answers = self.pipe.answer([r["question"] for r in batch], max_new_tokens=self.max_new_tokens)
+        slots = self.pipe.base.num_slots
+        return [{"prediction": a.answer,
+                 "trace": {"background": a.background, "expert_tokens": a.background_tokens,
+                           "added_prompt_tokens": slots, "domain": self.domain}} for a in answers]
+
+
+class GripRoute:
+    """`wiki`: the GRIP agent (self-triggered retrieval) over a retrieval index."""
+
+    def __init__(self, opts: GripOptions, models: ModelCache, batch_size: int):
+        from kinject.grip.agent import AgentSettings
+        from kinject.retrieval.base import open_index
+
+        self.models, self.name = models, "grip"
+        self.model, self.tokenizer = models.get(opts.model)
+        self.retriever = open_index(opts.index)
+        self.settings = AgentSettings(max_rounds=opts.max_rounds, top_k=opts.top_k,
+                                      max_new_tokens=opts.max_new_tokens, batch_size=batch_size,
+                                      control_tokens=opts.control_tokens)
+
+    def answer(self, batch: list[dict]) -> list[dict]:
+        from kinject.grip.agent import GripAgent
+
+        with self.models.lock:
+            # a fresh agent per call: its query cache is per batch, not a server-lifetime leak
+            agent = GripAgent.from_model(self.model, self.tokenizer, self.retriever, self.settings)
+            episodes = agent.run([r["question"] for r in batch])
+        out = []
+        for ep in episodes:
+            steps = [{"round": s.round, "query": s.query, "retrieved_ids": s.retrieved_ids}
+                     for s in ep.steps if s.kind == "plan"]
+            out.append({"prediction": ep.answer,
+                        "trace": {"n_retrievals": ep.n_retrievals, "step_answers": ep.step_answers,
+                                  "retrievals": steps}})
+        return out
+
+
+# ---------------------------------------------------------------- the pipeline
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    router: Any  # kinject.ppr.router.Router
+    routes: Mapping[str, Any]  # route name -> Method (read-only view)
+    version: int
+
+
+def _check_routes(router, routes: Mapping[str, Any]) -> None:
+    missing = [d for d in router.domains if d not in routes]
+    if missing:
+        raise UserError(f"bank(s) {', '.join(missing)} have no route: configure a method for each "
+                        "(or remove the bank with `kinject ppr remove`)")
+    extra = [r for r in routes if r not in router.domains]
+    if extra:
+        raise UserError(f"route(s) {', '.join(extra)} have no PPR bank, so no question would reach them: "
+                        "add their banks (`kinject ppr add`)")
+    if router.margin is not None and GENERAL not in routes:
+        raise UserError(f"a routing margin falls back to {GENERAL!r}, which has no route")
+
+
+class MixedPipeline:
+    name = "mixed"
+
+    def __init__(self, router, routes: Mapping[str, Any], strict: bool = False,
+                 models: ModelCache | None = None, options: MixedOptions | None = None):
+        _check_routes(router, routes)
+        self._snap = Snapshot(router, MappingProxyType(dict(routes)), 0)
+        self._swap_lock = threading.Lock()
+        self.strict = strict
+        self.models, self.options = models, options
+
+    # ------------------------------------------------------------ building
+    @classmethod
+    def from_options(cls, opts: MixedOptions, strict: bool = False, hint: str = "") -> MixedPipeline:
+        """Everything from paths: banks (+ their encoder), the base loaded once, one GAG route
+        per domain, optionally GRIP. `hint` ends each missing-path error (e.g. "run make demo")."""
+        from kinject.ppr.router import Router
+
+        check_paths(opts, hint)
+        router = Router.from_dir(opts.banks, margin=opts.margin)
+        models = ModelCache(opts.device, opts.dtype)
+        banks = list(router.banks)
+        for name, d in opts.domains.items():
+            if name not in router.domains:
+                if d.bank is None:
+                    raise UserError(f"domain {name!r} has no bank in {opts.banks}: add it (`kinject ppr add`) "
+                                    f"or set domains.{name}.bank")
+                banks.append(load_domain_bank(d.bank, name, router.encoder))
+        if len(banks) != len(router.banks):
+            router = Router(router.encoder, banks, opts.margin)
+        routes: dict[str, Any] = {}
+        if GENERAL in router.domains:
+            routes[GENERAL] = ClosedBookRoute(models, opts.base, opts.max_new_tokens, opts.batch_size)
+        for name, d in opts.domains.items():
+            routes[name] = GagRoute(name, d, models, opts.base, opts.max_new_tokens, opts.batch_size)
+        if opts.grip is not None:
+            routes[opts.grip.route] = GripRoute(opts.grip, models, opts.batch_size)
+        return cls(router, routes, strict, models, opts)
+
+    def build_gag_route(self, name: str, opts: DomainOptions) -> GagRoute:
+        """A GAG route over this pipeline's shared base (for `add_domain`)."""
+        if self.models is None or self.options is None:
+            raise UserError("this pipeline was not built from options: build the domain's method yourself")
+        return GagRoute(name, opts, self.models, self.options.base, self.options.max_new_tokens,
+                        self.options.batch_size)
+
+    # ------------------------------------------------------------ the snapshot
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snap
+
+    @property
+    def routes(self) -> Mapping[str, Any]:
+        return self._snap.routes
+
+    @property
+    def encoder(self):
+        return self._snap.router.encoder
+
+    def add_domain(self, name: str, bank, method) -> Snapshot:
+        """Swap in a snapshot with one more route. `bank`: a `Bank`, a banks dir holding `name`,
+        or a questions JSONL (its bank is built with the router's encoder)."""
+        from kinject.ppr.banks import check_domain_name
+        from kinject.ppr.router import Router
+
+        check_domain_name(name)
+        if not hasattr(bank, "prototypes"):
+            bank = load_domain_bank(bank, name, self.encoder)
+        if bank.domain != name:
+            raise UserError(f"bank is for domain {bank.domain!r}, not {name!r}")
+        with self._swap_lock:
+            old = self._snap
+            if name in old.routes:
+                raise UserError(f"domain {name!r} is already served; remove it first to replace it")
+            router = Router(old.router.encoder, [*old.router.banks, bank], old.router.margin)
+            self._snap = Snapshot(router, MappingProxyType({**old.routes, name: method}), old.version + 1)
+            return self._snap
+
+    def remove_domain(self, name: str) -> Snapshot:
+        from kinject.ppr.router import Router
+
+        with self._swap_lock:
+            old = self._snap
+            if name not in old.routes:
+                raise UserError(f"domain {name!r} is not served (routes: {', '.join(old.routes)})")
+            if name == GENERAL:
+                raise UserError(f"{GENERAL!r} is the base model's route and cannot be removed")
+            banks = [b for b in old.router.banks if b.domain != name]
+            if not banks:
+                raise UserError(f"{name!r} is the only route; a router needs at least one bank")
+            router = Router(old.router.encoder, banks, old.router.margin)
+            self._snap = Snapshot(router, MappingProxyType({k: v for k, v in old.routes.items() if k != name}),
+                                  old.version + 1)
+            return self._snap
+
+    # ------------------------------------------------------------ answering
+    def answer(self, batch: list[dict]) -> list[dict]:
+        snap = self._snap  # one snapshot for the whole call
+        if not batch:
+            return []
+        t0 = time.perf_counter()
+        decisions = snap.router.route_batch([r["question"] for r in batch])
+        route_s = time.perf_counter() - t0
+        groups: dict[str, list[int]] = {}
+        for i, d in enumerate(decisions):
+            groups.setdefault(d.route, []).append(i)
+        results: list[dict | None] = [None] * len(batch)
+        for route, idx in groups.items():
+            method = snap.routes[route]
+            t1 = time.perf_counter()
+            try:
+                outs = method.answer([batch[i] for i in idx])
+                if len(outs) != len(idx):
+                    raise RuntimeError(f"returned {len(outs)} answers for {len(idx)} questions")
+                error = None
+            except Exception as e:  # one route's failure must not fail the other routes' rows
+                if self.strict:
+                    raise
+                log.warning("route %s (%s) failed on %d rows: %s", route, method.name, len(idx), e)
+                outs, error = [{"prediction": "", "trace": {}}] * len(idx), f"route {route!r} failed: {e}"
+            answer_s = time.perf_counter() - t1
+            for i, out in zip(idx, outs):
+                d = decisions[i]
+                trace = {**out.get("trace", {}), "route": d.route, "route_score": d.score,
+                         "route_scores": d.scores, "route_fallback": d.fallback, "method": method.name,
+                         "snapshot": snap.version,
+                         "timings": {"route_s": route_s, "answer_s": answer_s, "group_size": len(idx)}}
+                results[i] = {**out, "trace": trace}
+                if error is not None:
+                    results[i]["error"] = error
+        return results  # type: ignore[return-value]
+
+
+def load_domain_bank(source: str | Path, name: str, encoder):
+    """A domain's bank from a banks dir (checked against the router's encoder) or a questions JSONL."""
+    from kinject.ppr.banks import build_bank, load_bank, read_index, read_questions
+    from kinject.ppr.config import PPRConfig
+
+    p = Path(source)
+    if p.is_file():
+        cfg = PPRConfig()
+        return build_bank(read_questions(name, p, cfg.max_questions, cfg.seed), encoder, cfg, progress=False)
+    index = read_index(p)
+    if name not in index["domains"]:
+        raise UserError(f"banks dir {p} has no bank for domain {name!r} (it has: {', '.join(index['domains'])})")
+    return load_bank(p, name, encoder_id=encoder.id, dim=encoder.dim)
