@@ -56,6 +56,9 @@ class GripOptions(StrictModel):
     model: Path
     index: Path
     route: str = "wiki"
+    # a banks dir holding the route's bank, or a JSONL of its questions; without one (and without
+    # the bank in `banks`) GRIP is not routed to, only served alone (`kinject-grip`)
+    bank: Path | None = None
     max_rounds: int = 4
     top_k: int = 3
     max_new_tokens: int = 64
@@ -83,6 +86,8 @@ def check_paths(opts: MixedOptions, hint: str = "") -> None:
             pairs.append((f"domains.{name}.bank", d.bank))
     if opts.grip is not None:
         pairs += [("grip.model", opts.grip.model), ("grip.index", opts.grip.index)]
+        if opts.grip.bank is not None:
+            pairs.append(("grip.bank", opts.grip.bank))
     for field, p in pairs:
         if not Path(p).exists():
             raise UserError(f"{field}: {p} does not exist{hint}")
@@ -269,16 +274,18 @@ class MixedPipeline:
         self._swap_lock = threading.Lock()
         self.strict = strict
         self.models, self.options = models, options
+        self.grip = None
 
     # ------------------------------------------------------------ building
     @classmethod
-    def from_options(cls, opts: MixedOptions, strict: bool = False, hint: str = "") -> MixedPipeline:
-        """Everything from paths: banks (+ their encoder), the base loaded once, one GAG route
-        per domain, optionally GRIP. `hint` ends each missing-path error (e.g. "run make demo")."""
+    def from_options(cls, opts: MixedOptions, strict: bool = False, hint: str = "", encoder=None) -> MixedPipeline:
+        """Everything from paths: banks (+ their encoder, unless a loaded `encoder` is given), the
+        base loaded once, one GAG route per domain, optionally GRIP. `hint` ends each
+        missing-path error (e.g. "; run make demo first")."""
         from kinject.ppr.router import Router
 
         check_paths(opts, hint)
-        router = Router.from_dir(opts.banks, margin=opts.margin)
+        router = Router.from_dir(opts.banks, encoder=encoder, margin=opts.margin)
         models = ModelCache(opts.device, opts.dtype)
         banks = list(router.banks)
         for name, d in opts.domains.items():
@@ -287,6 +294,9 @@ class MixedPipeline:
                     raise UserError(f"domain {name!r} has no bank in {opts.banks}: add it (`kinject ppr add`) "
                                     f"or set domains.{name}.bank")
                 banks.append(load_domain_bank(d.bank, name, router.encoder))
+        grip = opts.grip
+        if grip is not None and grip.route not in router.domains and grip.bank is not None:
+            banks.append(load_domain_bank(grip.bank, grip.route, router.encoder))
         if len(banks) != len(router.banks):
             router = Router(router.encoder, banks, opts.margin)
         routes: dict[str, Any] = {}
@@ -294,9 +304,12 @@ class MixedPipeline:
             routes[GENERAL] = ClosedBookRoute(models, opts.base, opts.max_new_tokens, opts.batch_size)
         for name, d in opts.domains.items():
             routes[name] = GagRoute(name, d, models, opts.base, opts.max_new_tokens, opts.batch_size)
-        if opts.grip is not None:
-            routes[opts.grip.route] = GripRoute(opts.grip, models, opts.batch_size)
-        return cls(router, routes, strict, models, opts)
+        grip_route = None if grip is None else GripRoute(grip, models, opts.batch_size)
+        if grip_route is not None and grip.route in router.domains:
+            routes[grip.route] = grip_route
+        pipe = cls(router, routes, strict, models, opts)
+        pipe.grip = grip_route  # served alone too (`kinject-grip`), routed to only with a bank
+        return pipe
 
     def build_gag_route(self, name: str, opts: DomainOptions) -> GagRoute:
         """A GAG route over this pipeline's shared base (for `add_domain`)."""

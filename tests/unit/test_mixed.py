@@ -20,9 +20,17 @@ def world(tmp_path_factory, tiny_tokenizer, tiny_model_dir):
     return build_mixed_world(tmp_path_factory.mktemp("mixed"), tiny_tokenizer, tiny_model_dir)
 
 
+@pytest.fixture(scope="module")
+def minilm():
+    from kinject.ppr.config import EncoderConfig
+    from kinject.ppr.encoders import load_encoder
+
+    return load_encoder(EncoderConfig())
+
+
 @pytest.fixture()
-def pipe(world):
-    return MixedPipeline.from_options(options_of(world))
+def pipe(world, minilm):
+    return MixedPipeline.from_options(options_of(world), encoder=minilm)
 
 
 class Spy:
