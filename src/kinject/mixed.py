@@ -77,7 +77,7 @@ class MixedOptions(StrictModel):
     max_new_tokens: int = 32
 
 
-def check_paths(opts: MixedOptions, hint: str = "") -> None:
+def check_paths(opts: MixedOptions, hint: str = "", prefix: str = "") -> None:
     """Every path an options block names must exist (one line naming the field, plus `hint`)."""
     pairs: list[tuple[str, Path]] = [("banks", opts.banks), ("base", opts.base)]
     for name, d in opts.domains.items():
@@ -90,7 +90,7 @@ def check_paths(opts: MixedOptions, hint: str = "") -> None:
             pairs.append(("grip.bank", opts.grip.bank))
     for field, p in pairs:
         if not Path(p).exists():
-            raise UserError(f"{field}: {p} does not exist{hint}")
+            raise UserError(f"{prefix}{field}: {p} does not exist{hint}")
 
 
 # ---------------------------------------------------------------- shared models

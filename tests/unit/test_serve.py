@@ -250,3 +250,22 @@ def test_graceful_shutdown_drains_in_flight_requests(world, models):
     assert results == [200] * 4
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{srv.url}/health", timeout=2)
+
+
+def test_load_bench_batched_vs_unbatched(world, models, tmp_path):
+    from kinject.serve.loadtest import run_bench
+
+    cfg = make_cfg(world, batching={"max_batch_size": 8, "max_wait_ms": 20, "max_queue": 64})
+    qs = tmp_path / "q.jsonl"
+    qs.write_text("".join(json.dumps({"question": q}) + "\n" for d in Q for q in Q[d]))
+    out = run_bench(cfg, tmp_path / "bench", 24, 8, "kinject-mixed", qs, 120, [1, 8], say=lambda *_: None,
+                    models=models)
+    saved = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert saved == json.loads(json.dumps(out))
+    assert out["all_200_or_503"] and [r["max_batch_size"] for r in out["runs"]] == [1, 8]
+    for r in out["runs"]:
+        assert r["ok"] + r["rejected_503"] == 24 and r["lost"] == 0 and r["unfinished"] == 0
+        assert r["throughput_rps"] > 0 and r["latency_ms_p50"] <= r["latency_ms_p99"]
+    assert out["runs"][0]["mean_batch"] == 1 and out["runs"][1]["mean_batch"] > 1
+    best = max(r["throughput_rps"] for r in out["runs"])
+    assert out["batching_gain"] == pytest.approx(best / out["runs"][0]["throughput_rps"], rel=1e-2)

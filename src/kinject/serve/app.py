@@ -209,7 +209,7 @@ def create_app(cfg: ServeConfig, models: ServedModels) -> FastAPI:
         return {"status": "draining" if server.draining else "ok", "models": models.names(),
                 "routes": list(snap.routes), "snapshot": snap.version,
                 "uptime_s": round(time.time() - server.started, 1),
-                "queues": {n: {"pending": b.pending, **b.stats.to_dict()} for n, b in server.batchers.items()}}
+                "queues": {n: {"pending": b.pending, "in_flight": b.in_flight, **b.stats.to_dict()} for n, b in server.batchers.items()}}
 
     @app.get("/v1/models")
     async def list_models(request: Request):

@@ -60,6 +60,7 @@ class MicroBatcher:
         self.stats = BatchStats()
         self.draining = False
         self.busy = False
+        self.in_flight = 0  # submitted, not answered yet (queued, held or running)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -80,7 +81,11 @@ class MicroBatcher:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
             raise Overloaded(f"model {self.name!r} has {self.queue.maxsize} requests queued") from None
-        return await item.future
+        self.in_flight += 1
+        try:
+            return await item.future
+        finally:
+            self.in_flight -= 1
 
     async def _collect(self) -> list[_Item]:
         first = await self.queue.get()

@@ -80,7 +80,8 @@ async def fire(url: str, model: str, questions: list[str], n: int, concurrency: 
 
 
 def run_bench(cfg, out: Path, requests: int, concurrency: int, model: str, data: Path | None,
-              max_seconds: float, batch_sizes: list[int], say=print) -> dict:
+              max_seconds: float, batch_sizes: list[int], say=print, models=None) -> dict:
+    """`models`: already loaded `ServedModels` for `cfg` (default: load them)."""
     import httpx
     import torch
 
@@ -93,7 +94,7 @@ def run_bench(cfg, out: Path, requests: int, concurrency: int, model: str, data:
         raise UserError("--requests and --concurrency must be >= 1 and --batch-sizes non-empty")
     questions = load_questions(data)
     torch.set_num_threads(cfg.threads)
-    models = ServedModels(cfg)
+    models = models or ServedModels(cfg)
     if models.get(model) is None:
         raise UserError(f"--model {model!r} is not served by this config (models: {', '.join(models.names())})")
     key = os.environ.get("KINJECT_API_KEY") or cfg.api_key

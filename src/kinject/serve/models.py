@@ -23,6 +23,7 @@ from kinject.mixed import (
     GagRoute,
     MixedPipeline,
     ModelCache,
+    check_paths,
 )
 from kinject.serve.config import RagServeOptions, ServeConfig
 
@@ -65,6 +66,7 @@ class ServedModels:
         from kinject.eval.method import MethodContext, build_method
 
         p = cfg.pipeline
+        check_paths(p, cfg.missing_hint, prefix="pipeline.")
         if cfg.rag is not None and not Path(cfg.rag.index).exists():
             raise UserError(f"rag.index: {cfg.rag.index} does not exist{cfg.missing_hint}")
         self.pipeline = MixedPipeline.from_options(p, hint=cfg.missing_hint)
