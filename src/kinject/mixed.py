@@ -18,6 +18,7 @@ checked) in place, a missing or broken one fails that domain's rows with a clear
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -339,7 +340,9 @@ class MixedPipeline:
 
         check_domain_name(name)
         if not hasattr(bank, "prototypes"):
-            bank = load_domain_bank(bank, name, self.encoder)
+            # the encoder (and its tokenizer) may be answering in the model thread right now
+            with self.models.lock if self.models is not None else contextlib.nullcontext():
+                bank = load_domain_bank(bank, name, self.encoder)
         if bank.domain != name:
             raise UserError(f"bank is for domain {bank.domain!r}, not {name!r}")
         with self._swap_lock:

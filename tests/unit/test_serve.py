@@ -126,6 +126,8 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server):
     assert r.status_code == 404 and "gag-materials" in r.json()["error"]["message"]
     r = post(json.dumps({"model": "base", "messages": [{"role": "user", "content": "x" * 5000}]}))
     assert r.status_code == 413
+    r = chat(url, "base", "word " * 300)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "question_too_long"
     r = chat(url, "base", "hi", max_tokens=5)
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens" and "cap of 4" in r.json()["error"]["message"]
     assert chat(url, "base", "hi", key="wrong").status_code == 401

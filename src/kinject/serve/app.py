@@ -12,6 +12,7 @@ a streaming request gets its answer as SSE chunks once its batch is done.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -177,6 +178,23 @@ def _kinject_info(result: dict, timings: dict) -> dict:
 WORD = re.compile(r"\S+\s*|\s+")
 
 
+def guarded(handler):
+    """Any unexpected exception becomes an OpenAI-shaped 500 (logged), never a dropped connection."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await handler(*args, **kwargs)
+        except ApiError:
+            raise
+        except Exception as e:
+            log.exception("unexpected error in %s", handler.__name__)
+            raise ApiError(500, f"internal error: {type(e).__name__}: {e}", type="server_error",
+                           code="internal_error") from None
+
+    return wrapper
+
+
 def create_app(cfg: ServeConfig, models: ServedModels) -> FastAPI:
     server = Server(cfg, models)
 
@@ -204,6 +222,7 @@ def create_app(cfg: ServeConfig, models: ServedModels) -> FastAPI:
         check_key(request, server.admin_key, "admin")
 
     @app.get("/health")
+    @guarded
     async def health():
         snap = models.pipeline.snapshot
         return {"status": "draining" if server.draining else "ok", "models": models.names(),
@@ -212,6 +231,7 @@ def create_app(cfg: ServeConfig, models: ServedModels) -> FastAPI:
                 "queues": {n: {"pending": b.pending, "in_flight": b.in_flight, **b.stats.to_dict()} for n, b in server.batchers.items()}}
 
     @app.get("/v1/models")
+    @guarded
     async def list_models(request: Request):
         public(request)
         created = int(server.started)
@@ -219,6 +239,7 @@ def create_app(cfg: ServeConfig, models: ServedModels) -> FastAPI:
                 "data": [{"id": n, "object": "model", "created": created, "owned_by": "kinject"} for n in models.names()]}
 
     @app.post("/v1/chat/completions")
+    @guarded
     async def chat(request: Request):
         t0 = time.perf_counter()
         public(request)
@@ -242,6 +263,10 @@ def create_app(cfg: ServeConfig, models: ServedModels) -> FastAPI:
         if not question:
             raise ApiError(422, "messages: needs a user message with non-empty text (the question)",
                            param="messages", code="invalid_field")
+        n_q = len(_tokens(served.tokenizer, question))
+        if n_q > cfg.max_question_tokens:
+            raise ApiError(400, f"the question has {n_q} tokens, over this server's limit of {cfg.max_question_tokens}",
+                           param="messages", code="question_too_long")
         if server.draining:
             raise ApiError(503, "server is shutting down", type="server_error", code="draining",
                            headers={"Retry-After": "1"})
@@ -270,7 +295,7 @@ def create_app(cfg: ServeConfig, models: ServedModels) -> FastAPI:
         if max_tokens is not None and len(ids) > max_tokens:  # generation ran to the server's budget; cut here
             text, ids, finish = served.tokenizer.decode(ids[:max_tokens]), ids[:max_tokens], "length"
         trace = result.get("trace", {})
-        prompt_tokens = trace.get("prompt_tokens") or len(_tokens(served.tokenizer, question))
+        prompt_tokens = trace.get("prompt_tokens") or n_q
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(ids), "total_tokens": prompt_tokens + len(ids)}
         info = _kinject_info(result, {**timings, "total_ms": (time.perf_counter() - t0) * 1000})
         created = int(time.time())
@@ -301,12 +326,14 @@ def create_app(cfg: ServeConfig, models: ServedModels) -> FastAPI:
 
     # ------------------------------------------------------------ admin: hot-plug domains
     @app.get("/admin/domains")
+    @guarded
     async def list_domains(request: Request):
         admin(request)
         return {"domains": models.domains(), "routes": list(models.pipeline.routes),
                 "snapshot": models.pipeline.snapshot.version}
 
     @app.post("/admin/domains", status_code=201)
+    @guarded
     async def add_domain(request: Request):
         admin(request)
         data = await read_json(request, cfg.max_body_bytes)
@@ -336,6 +363,7 @@ def create_app(cfg: ServeConfig, models: ServedModels) -> FastAPI:
         return {"domain": req.name, "model": f"gag-{req.name}", "routes": list(snap.routes), "snapshot": snap.version}
 
     @app.delete("/admin/domains/{name}")
+    @guarded
     async def remove_domain(name: str, request: Request):
         admin(request)
         if name not in models.pipeline.routes:

@@ -44,6 +44,8 @@ class ServeConfig(StageConfig):
     batching: BatchingConfig = BatchingConfig()
     request_timeout_s: float = Field(120.0, gt=0, description="per request, queue wait included -> 504")
     max_body_bytes: int = Field(65536, ge=256, description="larger request bodies -> 413")
+    max_question_tokens: int = Field(256, ge=1, description="longer questions -> 400 (they would fail their "
+                                                            "whole batch in a model with a short context)")
     max_tokens_cap: int | None = Field(None, ge=1, description="max_tokens above it -> 400 (default: "
                                                               "pipeline.max_new_tokens)")
     api_key: str | None = None  # bearer key for /v1/* (env KINJECT_API_KEY wins); None = open
