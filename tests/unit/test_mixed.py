@@ -180,3 +180,20 @@ def test_bad_setups_are_one_line_errors(pipe, world, tmp_path):
     opts["domains"]["finance"] = opts["domains"]["materials"]
     with pytest.raises(UserError, match="domain 'finance' has no bank"):
         MixedPipeline.from_options(MixedOptions(**opts))
+
+
+def test_preloaded_gag_pipeline_sets_what_gag_pipeline_init_sets(pipe):
+    """PreloadedGagPipeline bypasses GagPipeline.__init__: it must set every attribute that one
+    sets (a new one there, e.g. a cache, would otherwise break the mixed pipeline at run time)."""
+    import ast
+    import inspect
+    import textwrap
+
+    from kinject.gag.pipeline import GagPipeline
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(GagPipeline.__init__)))
+    wanted = {t.attr for node in ast.walk(tree) if isinstance(node, ast.Assign)
+              for tgt in node.targets for t in (tgt.elts if isinstance(tgt, ast.Tuple) else [tgt])
+              if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
+    assert {"injector", "expert", "base"} <= wanted
+    assert wanted <= set(vars(pipe.routes["materials"].pipe))
