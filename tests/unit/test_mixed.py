@@ -197,3 +197,35 @@ def test_preloaded_gag_pipeline_sets_what_gag_pipeline_init_sets(pipe):
               if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
     assert {"injector", "expert", "base"} <= wanted
     assert wanted <= set(vars(pipe.routes["materials"].pipe))
+
+
+def test_grip_route_with_its_own_bank(world, minilm, tmp_path):
+    """`wiki` -> GRIP when a bank for it is given (here a questions JSONL); its trace has the
+    retrieval steps. Without a bank GRIP is built but not routed to (served alone)."""
+    import json
+
+    from kinject.mixed import MixedOptions
+    from kinject.retrieval.index import build_index
+
+    passages = [{"id": f"p{i}", "title": f"Vault {i}", "text": f"The archive vault {i} holds {i} scrolls."}
+                for i in range(6)]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
+    build_index(tmp_path / "p.jsonl", tmp_path / "index", progress=False)
+    wiki_qs = [f"How many scrolls does the archive vault number {i} hold according to the wiki passage?"
+               for i in range(12)]
+    (tmp_path / "wiki.jsonl").write_text("".join(json.dumps({"question": q}) + "\n" for q in wiki_qs))
+    grip = {"model": world["domains"]["materials"]["expert"], "index": str(tmp_path / "index"),
+            "max_rounds": 2, "max_new_tokens": 6}
+    opts = options_of(world).model_dump()
+    alone = MixedPipeline.from_options(MixedOptions(**{**opts, "grip": grip}), encoder=minilm)
+    assert alone.grip is not None and "wiki" not in alone.routes
+    routed = MixedPipeline.from_options(
+        MixedOptions(**{**opts, "grip": {**grip, "bank": str(tmp_path / "wiki.jsonl")}}), encoder=minilm)
+    assert list(routed.routes) == ["general", "materials", "adjuvant", "wiki"] and routed.routes["wiki"] is routed.grip
+    rows = [{"id": "w", "question": "How many scrolls does the archive vault number 3 hold?"},
+            {"id": "m", "question": questions("materials", 1, seed=4)[0]}]
+    out = routed.answer(rows)
+    assert [o["trace"]["route"] for o in out] == ["wiki", "materials"]
+    t = out[0]["trace"]
+    assert t["method"] == "grip" and 0 <= t["n_retrievals"] <= 1 and isinstance(t["step_answers"], list)
+    assert len(t["retrievals"]) == t["n_retrievals"]
