@@ -174,9 +174,10 @@ class GagRoute:
         injector = Injector.load(self.injector_dir)
         expert, expert_tok = models.get(opts.expert)
         model, tok = models.get(base)
-        injected = InjectedBase(model, tok, injector.config.slots, opts.instruction)
-        self.pipe = PreloadedGagPipeline(expert, expert_tok, injected, injector, opts.system,
-                                         opts.max_background_tokens, batch_size, str(self.injector_dir))
+        with models.lock:  # the shared base's tokenizer may be in use by a running route
+            injected = InjectedBase(model, tok, injector.config.slots, opts.instruction)
+            self.pipe = PreloadedGagPipeline(expert, expert_tok, injected, injector, opts.system,
+                                             opts.max_background_tokens, batch_size, str(self.injector_dir))
         self._sig = sig
         self.tokenizer = tok
 

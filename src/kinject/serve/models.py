@@ -57,8 +57,22 @@ class RagRoute:
 class ServedModel:
     name: str
     answer: Callable[[list[dict]], list[dict]]
-    tokenizer: Any  # counts usage tokens and cuts answers at max_tokens
+    tokenizer: Any  # the event loop's own copy: counts usage tokens, cuts answers at max_tokens
     kind: str
+
+
+_copies: dict[int, Any] = {}
+
+
+def own_copy(tokenizer):
+    """A copy of a model's tokenizer for the event loop thread: a fast tokenizer used from two
+    threads at once can fail ("Already borrowed") while the model thread sets its padding."""
+    import copy
+
+    key = id(tokenizer)
+    if key not in _copies:
+        _copies[key] = (tokenizer, copy.deepcopy(tokenizer))  # the original is kept so its id stays unique
+    return _copies[key][1]
 
 
 class ServedModels:
@@ -74,22 +88,22 @@ class ServedModels:
         routes = self.pipeline.routes
         base = routes.get(GENERAL) or ClosedBookRoute(models, p.base, p.max_new_tokens, p.batch_size)
         self.static: dict[str, ServedModel] = {
-            MIXED: ServedModel(MIXED, self.pipeline.answer, base.tokenizer, "mixed"),
-            "base": ServedModel("base", base.answer, base.tokenizer, "method"),
+            MIXED: ServedModel(MIXED, self.pipeline.answer, own_copy(base.tokenizer), "mixed"),
+            "base": ServedModel("base", base.answer, own_copy(base.tokenizer), "method"),
         }
         grip = self.pipeline.grip
         if grip is not None:
-            self.static[GRIP] = ServedModel(GRIP, grip.answer, grip.tokenizer, "method")
+            self.static[GRIP] = ServedModel(GRIP, grip.answer, own_copy(grip.tokenizer), "method")
         if cfg.rag is not None:
             rag = RagRoute(models, p.base, cfg.rag, p.max_new_tokens, p.batch_size)
-            self.static["rag"] = ServedModel("rag", rag.answer, rag.tokenizer, "method")
+            self.static["rag"] = ServedModel("rag", rag.answer, own_copy(rag.tokenizer), "method")
         ctx = MethodContext(device=p.device, dtype=p.dtype, batch_size=p.batch_size, max_new_tokens=p.max_new_tokens)
         for name, extra in cfg.extra_models.items():
             if name in self.static or name.startswith("gag-"):
                 raise UserError(f"extra_models.{name}: the name is taken by a built-in model; choose another")
             method = build_method(extra.method, extra.options, ctx, where=f"extra_models.{name}")
             tok = getattr(method, "tokenizer", None) or base.tokenizer
-            self.static[name] = ServedModel(name, method.answer, tok, "method")
+            self.static[name] = ServedModel(name, method.answer, own_copy(tok), "method")
 
     def domains(self) -> list[str]:
         return [d for d, m in self.pipeline.routes.items() if isinstance(m, GagRoute)]
@@ -111,4 +125,4 @@ class ServedModels:
                 raise DomainUnavailable(f"domain {domain!r} was removed")
             return current.answer(rows)
 
-        return ServedModel(name, answer, route.tokenizer, "gag")
+        return ServedModel(name, answer, own_copy(route.tokenizer), "gag")
