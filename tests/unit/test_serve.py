@@ -232,7 +232,7 @@ def test_admin_hot_plug_and_a_domain_fault(world, tmp_path):
 
 
 def test_graceful_shutdown_drains_in_flight_requests(world, models):
-    cfg = make_cfg(world, batching={"max_batch_size": 4, "max_wait_ms": 400})
+    cfg = make_cfg(world, batching={"max_batch_size": 8, "max_wait_ms": 1000})
     srv = ServerThread(create_app(cfg, models)).start()
     results: list = []
 
@@ -242,11 +242,11 @@ def test_graceful_shutdown_drains_in_flight_requests(world, models):
     threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
-    end = time.monotonic() + 30
-    while not srv.server.server_state.tasks and time.monotonic() < end:  # requests are in
+    end = time.monotonic() + 60
+    while httpx.get(f"{srv.url}/health").json()["queues"].get("kinject-mixed", {}).get("in_flight", 0) < 4:
+        assert time.monotonic() < end
         time.sleep(0.01)
-    time.sleep(0.05)
-    srv.stop()
+    srv.stop()  # all 4 are in the server, their batch not run yet (max wait 1 s, max batch 8)
     for t in threads:
         t.join(60)
     assert results == [200] * 4
