@@ -18,6 +18,7 @@ checked) in place, a missing or broken one fails that domain's rows with a clear
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -56,6 +57,9 @@ class GripOptions(StrictModel):
     model: Path
     index: Path
     route: str = "wiki"
+    # a banks dir holding the route's bank, or a JSONL of its questions; without one (and without
+    # the bank in `banks`) GRIP is not routed to, only served alone (`kinject-grip`)
+    bank: Path | None = None
     max_rounds: int = 4
     top_k: int = 3
     max_new_tokens: int = 64
@@ -74,7 +78,7 @@ class MixedOptions(StrictModel):
     max_new_tokens: int = 32
 
 
-def check_paths(opts: MixedOptions, hint: str = "") -> None:
+def check_paths(opts: MixedOptions, hint: str = "", prefix: str = "") -> None:
     """Every path an options block names must exist (one line naming the field, plus `hint`)."""
     pairs: list[tuple[str, Path]] = [("banks", opts.banks), ("base", opts.base)]
     for name, d in opts.domains.items():
@@ -83,9 +87,11 @@ def check_paths(opts: MixedOptions, hint: str = "") -> None:
             pairs.append((f"domains.{name}.bank", d.bank))
     if opts.grip is not None:
         pairs += [("grip.model", opts.grip.model), ("grip.index", opts.grip.index)]
+        if opts.grip.bank is not None:
+            pairs.append(("grip.bank", opts.grip.bank))
     for field, p in pairs:
         if not Path(p).exists():
-            raise UserError(f"{field}: {p} does not exist{hint}")
+            raise UserError(f"{prefix}{field}: {p} does not exist{hint}")
 
 
 # ---------------------------------------------------------------- shared models
@@ -168,9 +174,10 @@ class GagRoute:
         injector = Injector.load(self.injector_dir)
         expert, expert_tok = models.get(opts.expert)
         model, tok = models.get(base)
-        injected = InjectedBase(model, tok, injector.config.slots, opts.instruction)
-        self.pipe = PreloadedGagPipeline(expert, expert_tok, injected, injector, opts.system,
-                                         opts.max_background_tokens, batch_size, str(self.injector_dir))
+        with models.lock:  # the shared base's tokenizer may be in use by a running route
+            injected = InjectedBase(model, tok, injector.config.slots, opts.instruction)
+            self.pipe = PreloadedGagPipeline(expert, expert_tok, injected, injector, opts.system,
+                                             opts.max_background_tokens, batch_size, str(self.injector_dir))
         self._sig = sig
         self.tokenizer = tok
 
@@ -269,16 +276,18 @@ class MixedPipeline:
         self._swap_lock = threading.Lock()
         self.strict = strict
         self.models, self.options = models, options
+        self.grip = None
 
     # ------------------------------------------------------------ building
     @classmethod
-    def from_options(cls, opts: MixedOptions, strict: bool = False, hint: str = "") -> MixedPipeline:
-        """Everything from paths: banks (+ their encoder), the base loaded once, one GAG route
-        per domain, optionally GRIP. `hint` ends each missing-path error (e.g. "run make demo")."""
+    def from_options(cls, opts: MixedOptions, strict: bool = False, hint: str = "", encoder=None) -> MixedPipeline:
+        """Everything from paths: banks (+ their encoder, unless a loaded `encoder` is given), the
+        base loaded once, one GAG route per domain, optionally GRIP. `hint` ends each
+        missing-path error (e.g. "; run make demo first")."""
         from kinject.ppr.router import Router
 
         check_paths(opts, hint)
-        router = Router.from_dir(opts.banks, margin=opts.margin)
+        router = Router.from_dir(opts.banks, encoder=encoder, margin=opts.margin)
         models = ModelCache(opts.device, opts.dtype)
         banks = list(router.banks)
         for name, d in opts.domains.items():
@@ -287,6 +296,9 @@ class MixedPipeline:
                     raise UserError(f"domain {name!r} has no bank in {opts.banks}: add it (`kinject ppr add`) "
                                     f"or set domains.{name}.bank")
                 banks.append(load_domain_bank(d.bank, name, router.encoder))
+        grip = opts.grip
+        if grip is not None and grip.route not in router.domains and grip.bank is not None:
+            banks.append(load_domain_bank(grip.bank, grip.route, router.encoder))
         if len(banks) != len(router.banks):
             router = Router(router.encoder, banks, opts.margin)
         routes: dict[str, Any] = {}
@@ -294,9 +306,12 @@ class MixedPipeline:
             routes[GENERAL] = ClosedBookRoute(models, opts.base, opts.max_new_tokens, opts.batch_size)
         for name, d in opts.domains.items():
             routes[name] = GagRoute(name, d, models, opts.base, opts.max_new_tokens, opts.batch_size)
-        if opts.grip is not None:
-            routes[opts.grip.route] = GripRoute(opts.grip, models, opts.batch_size)
-        return cls(router, routes, strict, models, opts)
+        grip_route = None if grip is None else GripRoute(grip, models, opts.batch_size)
+        if grip_route is not None and grip.route in router.domains:
+            routes[grip.route] = grip_route
+        pipe = cls(router, routes, strict, models, opts)
+        pipe.grip = grip_route  # served alone too (`kinject-grip`), routed to only with a bank
+        return pipe
 
     def build_gag_route(self, name: str, opts: DomainOptions) -> GagRoute:
         """A GAG route over this pipeline's shared base (for `add_domain`)."""
@@ -326,7 +341,9 @@ class MixedPipeline:
 
         check_domain_name(name)
         if not hasattr(bank, "prototypes"):
-            bank = load_domain_bank(bank, name, self.encoder)
+            # the encoder (and its tokenizer) may be answering in the model thread right now
+            with self.models.lock if self.models is not None else contextlib.nullcontext():
+                bank = load_domain_bank(bank, name, self.encoder)
         if bank.domain != name:
             raise UserError(f"bank is for domain {bank.domain!r}, not {name!r}")
         with self._swap_lock:

@@ -48,4 +48,4 @@ def build_mixed_world(root: Path, tokenizer, expert_dir: Path, domains=("materia
 def options_of(world: dict):
     from kinject.mixed import MixedOptions
 
-    return MixedOptions(**{k: v for k, v in world.items() if k not in ("offline", "all_domains")})
+    return MixedOptions(**{k: v for k, v in world.items() if k in MixedOptions.model_fields})

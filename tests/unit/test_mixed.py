@@ -20,9 +20,17 @@ def world(tmp_path_factory, tiny_tokenizer, tiny_model_dir):
     return build_mixed_world(tmp_path_factory.mktemp("mixed"), tiny_tokenizer, tiny_model_dir)
 
 
+@pytest.fixture(scope="module")
+def minilm():
+    from kinject.ppr.config import EncoderConfig
+    from kinject.ppr.encoders import load_encoder
+
+    return load_encoder(EncoderConfig())
+
+
 @pytest.fixture()
-def pipe(world):
-    return MixedPipeline.from_options(options_of(world))
+def pipe(world, minilm):
+    return MixedPipeline.from_options(options_of(world), encoder=minilm)
 
 
 class Spy:
@@ -172,3 +180,52 @@ def test_bad_setups_are_one_line_errors(pipe, world, tmp_path):
     opts["domains"]["finance"] = opts["domains"]["materials"]
     with pytest.raises(UserError, match="domain 'finance' has no bank"):
         MixedPipeline.from_options(MixedOptions(**opts))
+
+
+def test_preloaded_gag_pipeline_sets_what_gag_pipeline_init_sets(pipe):
+    """PreloadedGagPipeline bypasses GagPipeline.__init__: it must set every attribute that one
+    sets (a new one there, e.g. a cache, would otherwise break the mixed pipeline at run time)."""
+    import ast
+    import inspect
+    import textwrap
+
+    from kinject.gag.pipeline import GagPipeline
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(GagPipeline.__init__)))
+    wanted = {t.attr for node in ast.walk(tree) if isinstance(node, ast.Assign)
+              for tgt in node.targets for t in (tgt.elts if isinstance(tgt, ast.Tuple) else [tgt])
+              if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
+    assert {"injector", "expert", "base"} <= wanted
+    assert wanted <= set(vars(pipe.routes["materials"].pipe))
+
+
+def test_grip_route_with_its_own_bank(world, minilm, tmp_path):
+    """`wiki` -> GRIP when a bank for it is given (here a questions JSONL); its trace has the
+    retrieval steps. Without a bank GRIP is built but not routed to (served alone)."""
+    import json
+
+    from kinject.mixed import MixedOptions
+    from kinject.retrieval.index import build_index
+
+    passages = [{"id": f"p{i}", "title": f"Vault {i}", "text": f"The archive vault {i} holds {i} scrolls."}
+                for i in range(6)]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
+    build_index(tmp_path / "p.jsonl", tmp_path / "index", progress=False)
+    wiki_qs = [f"How many scrolls does the archive vault number {i} hold according to the wiki passage?"
+               for i in range(12)]
+    (tmp_path / "wiki.jsonl").write_text("".join(json.dumps({"question": q}) + "\n" for q in wiki_qs))
+    grip = {"model": world["domains"]["materials"]["expert"], "index": str(tmp_path / "index"),
+            "max_rounds": 2, "max_new_tokens": 6}
+    opts = options_of(world).model_dump()
+    alone = MixedPipeline.from_options(MixedOptions(**{**opts, "grip": grip}), encoder=minilm)
+    assert alone.grip is not None and "wiki" not in alone.routes
+    routed = MixedPipeline.from_options(
+        MixedOptions(**{**opts, "grip": {**grip, "bank": str(tmp_path / "wiki.jsonl")}}), encoder=minilm)
+    assert list(routed.routes) == ["general", "materials", "adjuvant", "wiki"] and routed.routes["wiki"] is routed.grip
+    rows = [{"id": "w", "question": "How many scrolls does the archive vault number 3 hold?"},
+            {"id": "m", "question": questions("materials", 1, seed=4)[0]}]
+    out = routed.answer(rows)
+    assert [o["trace"]["route"] for o in out] == ["wiki", "materials"]
+    t = out[0]["trace"]
+    assert t["method"] == "grip" and 0 <= t["n_retrievals"] <= 1 and isinstance(t["step_answers"], list)
+    assert len(t["retrievals"]) == t["n_retrievals"]

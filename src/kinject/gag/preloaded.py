@@ -10,6 +10,7 @@ GagPipeline's own.
 from __future__ import annotations
 
 from kinject.errors import UserError
+from kinject.gag import pipeline as _pipeline
 from kinject.gag.base import InjectedBase
 from kinject.gag.injector import Injector
 from kinject.gag.pipeline import GagPipeline
@@ -38,10 +39,17 @@ class PreloadedGagPipeline(GagPipeline):
 
     def __init__(self, expert_model, expert_tokenizer, base: InjectedBase, injector: Injector,
                  system: str = "", max_background_tokens: int = 128, batch_size: int = 16,
-                 where: str = "(preloaded)"):
+                 where: str = "(preloaded)", cache_size: int = 256):
+        from kinject.memory.background import model_fingerprint
+
         # GagPipeline.__init__ loads from paths; this sets the same attributes from loaded objects
         check_injector(injector, expert_model, base, where)
         self.injector = injector.to(base.device).eval()
         self.expert, self.expert_tok = expert_model, expert_tokenizer
+        self.expert_fingerprint = model_fingerprint(expert_model)
         self.base = base
         self.system, self.max_background_tokens, self.batch_size = system, max_background_tokens, batch_size
+        # the per-question memory cache GagPipeline gains on the bench branch (absent before it)
+        cache = getattr(_pipeline, "MemoryCache", None)
+        if cache is not None:
+            self.cache = cache(cache_size)

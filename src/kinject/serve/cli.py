@@ -1,0 +1,72 @@
+"""`kinject serve` (the OpenAI-compatible server) and `kinject bench serve` (its load test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kinject.benchcli import bench_app
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="serve YAML config (configs/serve/tiny.yaml)")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides", show_default=False)]
+
+
+def load_serve_config(config: Path, overrides: list[str] | None):
+    from kinject.config import load_config
+    from kinject.serve.config import ServeConfig
+
+    return load_config(config, overrides or [], expect=ServeConfig)
+
+
+def build_app(cfg):
+    """Load every model (one-line errors for missing paths), then the app."""
+    import torch
+
+    from kinject.serve.app import create_app
+    from kinject.serve.models import ServedModels
+
+    torch.set_num_threads(cfg.threads)
+    return create_app(cfg, ServedModels(cfg))
+
+
+def serve(
+    config: ConfigOpt,
+    overrides: Overrides = None,
+    host: Annotated[str | None, typer.Option("--host", help="bind address (default: the config's, 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="port (default: the config's, 8000)")] = None,
+) -> None:
+    """Serve the mixed-domain pipeline over an OpenAI-compatible HTTP API (/v1/chat/completions)."""
+    import uvicorn
+
+    cfg = load_serve_config(config, overrides)
+    app = build_app(cfg)
+    uvicorn.run(app, host=host or cfg.host, port=cfg.port if port is None else port, log_level="info",
+                timeout_graceful_shutdown=cfg.graceful_timeout_s)
+
+
+def bench_serve(
+    config: ConfigOpt,
+    out: Annotated[Path, typer.Option("--out", help="output directory (bench.json)")],
+    overrides: Overrides = None,
+    requests: Annotated[int, typer.Option("--requests", help="requests per run")] = 200,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="requests in flight")] = 32,
+    model: Annotated[str, typer.Option("--model", help="served model to load")] = "kinject-mixed",
+    data: Annotated[Path | None, typer.Option("--data", help="JSONL of questions (default: built-in mix)")] = None,
+    max_seconds: Annotated[float, typer.Option("--max-seconds", help="time bound per run")] = 300.0,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="max batch sizes to compare")] = "1,16",
+) -> None:
+    """Loopback load test of the real server: batched vs unbatched throughput, p50/p99 -> bench.json."""
+    from kinject.serve.loadtest import run_bench
+
+    cfg = load_serve_config(config, overrides)
+    sizes = [int(x) for x in batch_sizes.split(",") if x.strip()]
+    res = run_bench(cfg, out, requests, concurrency, model, data, max_seconds, sizes, say=typer.echo)
+    typer.echo(f"wrote {out / 'bench.json'} (batching gain x{res['batching_gain']:.2f})"
+               if res.get("batching_gain") else f"wrote {out / 'bench.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    bench_app.command("serve")(bench_serve)

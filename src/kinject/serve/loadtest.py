@@ -1,0 +1,134 @@
+"""`kinject bench serve`: a bounded loopback load test of the real server.
+
+For each max batch size (1 = unbatched), the server is started on a free loopback port over the
+same loaded models, warmed up, then `requests` chat completions are fired with `concurrency`
+in flight (httpx, asyncio). Every request must end in 200 or 503 (overload, with Retry-After):
+anything else, a transport error or a request still open at the time bound counts as lost.
+Reported: throughput (answered requests/s), latency p50/p99 of the 200s, the status counts,
+the server's batch statistics, and the batching gain (throughput batched / unbatched).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kinject.errors import UserError
+
+FALLBACK_QUESTIONS = [
+    "What is the capital of Norland?", "Which lab developed Ferovia-2?", "Through which receptor does Sambram signal?",
+    "In which year was Velmora founded?", "What is the surface area of Quillex-7?", "In what form does Raxhusher come?",
+]
+
+
+def load_questions(data: Path | None) -> list[str]:
+    if data is None:
+        return FALLBACK_QUESTIONS
+    from kinject.io import read_jsonl
+
+    rows = read_jsonl(data, required=["question"])
+    if not rows:
+        raise UserError(f"{data}: no questions")
+    return [r["question"] for r in rows]
+
+
+async def fire(url: str, model: str, questions: list[str], n: int, concurrency: int, max_seconds: float,
+               headers: dict) -> dict:
+    import httpx
+
+    sem = asyncio.Semaphore(concurrency)
+    lat: list[float] = []
+    status: dict[str, int] = {}
+
+    async def one(client, i):
+        async with sem:
+            t = time.perf_counter()
+            try:
+                r = await client.post("/v1/chat/completions", headers=headers, json={
+                    "model": model, "messages": [{"role": "user", "content": questions[i % len(questions)]}]})
+                key = str(r.status_code)
+                if r.status_code == 503 and "retry-after" not in r.headers:
+                    key = "503-without-retry-after"
+            except httpx.HTTPError as e:
+                key = f"error:{type(e).__name__}"
+            status[key] = status.get(key, 0) + 1
+            if key == "200":
+                lat.append(time.perf_counter() - t)
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=max_seconds, limits=limits) as client:
+        t0 = time.perf_counter()
+        tasks = [asyncio.create_task(one(client, i)) for i in range(n)]
+        done, pending = await asyncio.wait(tasks, timeout=max_seconds)
+        for t in pending:
+            t.cancel()
+        wall = time.perf_counter() - t0
+    ok = status.get("200", 0)
+    lost = n - ok - status.get("503", 0)
+    ms = np.array(lat) * 1000
+    return {"requests": n, "concurrency": concurrency, "wall_s": round(wall, 3), "status": status,
+            "ok": ok, "rejected_503": status.get("503", 0), "lost": lost, "unfinished": len(pending),
+            "throughput_rps": round(ok / wall, 3) if wall else 0.0,
+            "latency_ms_p50": round(float(np.percentile(ms, 50)), 2) if ok else None,
+            "latency_ms_p99": round(float(np.percentile(ms, 99)), 2) if ok else None,
+            "latency_ms_mean": round(float(ms.mean()), 2) if ok else None}
+
+
+def run_bench(cfg, out: Path, requests: int, concurrency: int, model: str, data: Path | None,
+              max_seconds: float, batch_sizes: list[int], say=print, models=None) -> dict:
+    """`models`: already loaded `ServedModels` for `cfg` (default: load them)."""
+    import httpx
+    import torch
+
+    from kinject.io import write_json_atomic
+    from kinject.serve.app import create_app
+    from kinject.serve.models import ServedModels
+    from kinject.serve.runner import ServerThread
+
+    if requests < 1 or concurrency < 1 or not batch_sizes:
+        raise UserError("--requests and --concurrency must be >= 1 and --batch-sizes non-empty")
+    questions = load_questions(data)
+    torch.set_num_threads(cfg.threads)
+    models = models or ServedModels(cfg)
+    if models.get(model) is None:
+        raise UserError(f"--model {model!r} is not served by this config (models: {', '.join(models.names())})")
+    key = os.environ.get("KINJECT_API_KEY") or cfg.api_key
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    runs = []
+    for bs in batch_sizes:
+        run_cfg = cfg.model_copy(update={"batching": cfg.batching.model_copy(update={"max_batch_size": bs})})
+        with ServerThread(create_app(run_cfg, models)) as srv:
+            warm = min(len(questions), 2 * bs)  # warm-up: load paths, allocate, first batches
+            asyncio.run(fire(srv.url, model, questions, warm, warm, max_seconds, headers))
+            before = httpx.get(f"{srv.url}/health").json()["queues"].get(model, {})
+            say(f"batch size {bs}: {requests} requests, {concurrency} in flight ...")
+            res = asyncio.run(fire(srv.url, model, questions, requests, concurrency, max_seconds, headers))
+            after = httpx.get(f"{srv.url}/health").json()["queues"].get(model, {})
+        batches = after.get("batches", 0) - before.get("batches", 0)
+        served = after.get("requests", 0) - before.get("requests", 0)
+        res.update({"max_batch_size": bs, "max_wait_ms": cfg.batching.max_wait_ms, "max_queue": cfg.batching.max_queue,
+                    "model_calls": batches, "mean_batch": round(served / batches, 2) if batches else None})
+        say(f"  {res['throughput_rps']} req/s, p50 {res['latency_ms_p50']} ms, p99 {res['latency_ms_p99']} ms, "
+            f"status {res['status']}, mean batch {res['mean_batch']}")
+        runs.append(res)
+    by = {r["max_batch_size"]: r for r in runs}
+    gain = None
+    if 1 in by and len(by) > 1 and by[1]["throughput_rps"]:
+        gain = round(max(r["throughput_rps"] for r in runs) / by[1]["throughput_rps"], 3)
+    result = {
+        "bench": "serve", "model": model, "questions": str(data) if data else "built-in",
+        "pipeline": {"base": str(cfg.pipeline.base), "banks": str(cfg.pipeline.banks),
+                     "domains": {d: str(o.injector) for d, o in cfg.pipeline.domains.items()}},
+        "runs": runs, "batching_gain": gain,
+        "all_200_or_503": all(r["lost"] == 0 for r in runs),
+        "torch_threads": torch.get_num_threads(), "loadavg": list(os.getloadavg()),
+        "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "bench.json", result)
+    return result

@@ -1,0 +1,128 @@
+"""What a request's `model` names. All share the models the mixed pipeline loaded:
+
+- `kinject-mixed`: the routed pipeline (`kinject.mixed.MixedPipeline`);
+- `kinject-grip`: its GRIP route alone (when configured);
+- `base`: the base closed-book (the `general` route);
+- `rag`: top-k passages from an index in the base's knowledge prompt (when configured);
+- `gag-<domain>`: one domain's GAG route, for every domain served now (hot-plugged ones too);
+- `extra_models`: any registered eval method by name, built through `kinject.eval.method`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kinject.errors import UserError
+from kinject.mixed import (
+    GENERAL,
+    ClosedBookRoute,
+    DomainUnavailable,
+    GagRoute,
+    MixedPipeline,
+    ModelCache,
+    check_paths,
+)
+from kinject.serve.config import RagServeOptions, ServeConfig
+
+MIXED, GRIP = "kinject-mixed", "kinject-grip"
+
+
+class RagRoute:
+    """`rag`: retrieve top-k passages, answer from them (`kinject.retrieval.rag.rag_answer`)."""
+
+    def __init__(self, models: ModelCache, base: Path, opts: RagServeOptions, max_new_tokens: int, batch_size: int):
+        from kinject.retrieval.base import open_index
+
+        self.name, self.models, self.opts = "rag", models, opts
+        self.model, self.tokenizer = models.get(base)
+        self.retriever = open_index(opts.index)
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+
+    def answer(self, batch: list[dict]) -> list[dict]:
+        from kinject.retrieval.rag import rag_answer
+
+        with self.models.lock:
+            outs = rag_answer(self.model, self.tokenizer, self.retriever, [r["question"] for r in batch],
+                              self.opts.k, self.max_new_tokens, self.batch_size, self.opts.instruction,
+                              style=self.opts.passage_format)
+        return [{"prediction": o.answer,
+                 "trace": {"retrievals": [h.to_dict() for h in o.hits], "prompt_tokens": o.n_prompt_tokens,
+                           "new_tokens": o.n_new_tokens}} for o in outs]
+
+
+@dataclass
+class ServedModel:
+    name: str
+    answer: Callable[[list[dict]], list[dict]]
+    tokenizer: Any  # the event loop's own copy: counts usage tokens, cuts answers at max_tokens
+    kind: str
+
+
+_copies: dict[int, Any] = {}
+
+
+def own_copy(tokenizer):
+    """A copy of a model's tokenizer for the event loop thread: a fast tokenizer used from two
+    threads at once can fail ("Already borrowed") while the model thread sets its padding."""
+    import copy
+
+    key = id(tokenizer)
+    if key not in _copies:
+        _copies[key] = (tokenizer, copy.deepcopy(tokenizer))  # the original is kept so its id stays unique
+    return _copies[key][1]
+
+
+class ServedModels:
+    def __init__(self, cfg: ServeConfig):
+        from kinject.eval.method import MethodContext, build_method
+
+        p = cfg.pipeline
+        check_paths(p, cfg.missing_hint, prefix="pipeline.")
+        if cfg.rag is not None and not Path(cfg.rag.index).exists():
+            raise UserError(f"rag.index: {cfg.rag.index} does not exist{cfg.missing_hint}")
+        self.pipeline = MixedPipeline.from_options(p, hint=cfg.missing_hint)
+        models = self.pipeline.models
+        routes = self.pipeline.routes
+        base = routes.get(GENERAL) or ClosedBookRoute(models, p.base, p.max_new_tokens, p.batch_size)
+        self.static: dict[str, ServedModel] = {
+            MIXED: ServedModel(MIXED, self.pipeline.answer, own_copy(base.tokenizer), "mixed"),
+            "base": ServedModel("base", base.answer, own_copy(base.tokenizer), "method"),
+        }
+        grip = self.pipeline.grip
+        if grip is not None:
+            self.static[GRIP] = ServedModel(GRIP, grip.answer, own_copy(grip.tokenizer), "method")
+        if cfg.rag is not None:
+            rag = RagRoute(models, p.base, cfg.rag, p.max_new_tokens, p.batch_size)
+            self.static["rag"] = ServedModel("rag", rag.answer, own_copy(rag.tokenizer), "method")
+        ctx = MethodContext(device=p.device, dtype=p.dtype, batch_size=p.batch_size, max_new_tokens=p.max_new_tokens)
+        for name, extra in cfg.extra_models.items():
+            if name in self.static or name.startswith("gag-"):
+                raise UserError(f"extra_models.{name}: the name is taken by a built-in model; choose another")
+            method = build_method(extra.method, extra.options, ctx, where=f"extra_models.{name}")
+            tok = getattr(method, "tokenizer", None) or base.tokenizer
+            self.static[name] = ServedModel(name, method.answer, own_copy(tok), "method")
+
+    def domains(self) -> list[str]:
+        return [d for d, m in self.pipeline.routes.items() if isinstance(m, GagRoute)]
+
+    def names(self) -> list[str]:
+        return [*self.static, *(f"gag-{d}" for d in self.domains())]
+
+    def get(self, name: str) -> ServedModel | None:
+        if name in self.static:
+            return self.static[name]
+        domain = name[4:] if name.startswith("gag-") else None
+        route = self.pipeline.routes.get(domain) if domain else None
+        if not isinstance(route, GagRoute):
+            return None
+
+        def answer(rows: list[dict], domain: str = domain) -> list[dict]:
+            current = self.pipeline.routes.get(domain)  # the route served when the batch runs
+            if not isinstance(current, GagRoute):
+                raise DomainUnavailable(f"domain {domain!r} was removed")
+            return current.answer(rows)
+
+        return ServedModel(name, answer, own_copy(route.tokenizer), "gag")

@@ -1,0 +1,273 @@
+"""The real server on loopback (uvicorn in a thread, free port) over tiny random models and a real
+MiniLM router: the official openai client for chat, streaming and models; httpx for errors,
+batching, overload, admin hot-plug, a domain fault and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+import time
+
+import httpx
+import pytest
+
+from kinject.serve.app import create_app
+from kinject.serve.config import ServeConfig
+from kinject.serve.models import ServedModels
+from kinject.serve.runner import ServerThread
+
+from .mixed_world import build_mixed_world, options_of
+from .test_ppr_data import questions
+
+KEY, ADMIN = "test-key", "admin-secret"
+Q = {d: questions(d, 4, seed=7) for d in ("general", "materials", "adjuvant")}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_tokenizer, tiny_model_dir):
+    from kinject.retrieval.index import build_index
+
+    root = tmp_path_factory.mktemp("serve")
+    w = build_mixed_world(root, tiny_tokenizer, tiny_model_dir)
+    passages = [{"id": f"p{i}", "title": f"Entity {i}", "text": f"Entity {i} was founded in {1800 + i}."}
+                for i in range(8)]
+    (root / "passages.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
+    build_index(root / "passages.jsonl", root / "index", progress=False)
+    w["index"] = str(root / "index")
+    return w
+
+
+def make_cfg(world, **kw) -> ServeConfig:
+    opts = options_of(world).model_dump()
+    opts["grip"] = {"model": str(world["domains"]["materials"]["expert"]), "index": world["index"],
+                    "max_rounds": 2, "max_new_tokens": 6}
+    return ServeConfig(pipeline=opts, rag={"index": world["index"], "k": 2}, api_key=KEY,
+                       max_body_bytes=4096, max_tokens_cap=4, **kw)
+
+
+@pytest.fixture(scope="module")
+def models(world):
+    return ServedModels(make_cfg(world))
+
+
+@pytest.fixture(scope="module")
+def server(world, models):
+    cfg = make_cfg(world, batching={"max_batch_size": 8, "max_wait_ms": 150})
+    with ServerThread(create_app(cfg, models)) as srv:
+        yield srv
+
+
+def auth(key=KEY):
+    return {"Authorization": f"Bearer {key}"}
+
+
+def chat(url, model, q, key=KEY, **kw):
+    return httpx.post(f"{url}/v1/chat/completions", headers=auth(key), timeout=60,
+                      json={"model": model, "messages": [{"role": "user", "content": q}], **kw})
+
+
+def test_openai_client_chat_stream_and_models(server):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
+    ids = [m.id for m in client.models.list()]
+    assert ids == ["kinject-mixed", "base", "kinject-grip", "rag", "gag-materials", "gag-adjuvant"]
+    for d in ("materials", "general"):
+        resp = client.chat.completions.create(
+            model="kinject-mixed", messages=[{"role": "system", "content": "Be brief."},
+                                             {"role": "user", "content": Q[d][0]}])
+        assert resp.object == "chat.completion" and resp.model == "kinject-mixed"
+        ch = resp.choices[0]
+        assert ch.message.role == "assistant" and isinstance(ch.message.content, str)
+        assert ch.finish_reason in ("stop", "length")
+        k = resp.model_extra["kinject"]
+        assert k["route"] == d and set(k["route_scores"]) == {"general", "materials", "adjuvant"}
+        assert k["method"] == ("base" if d == "general" else "gag-materials")
+        assert k["timings"]["total_ms"] > 0 and k["timings"]["batch_size"] >= 1
+        if d == "materials":
+            assert isinstance(k["background"], str) and k["added_prompt_tokens"] == 4
+        assert resp.usage.completion_tokens <= 4 and resp.usage.total_tokens > resp.usage.completion_tokens
+        # streaming: the same answer as SSE chunks, the kinject object on the last one
+        chunks = list(client.chat.completions.create(model="kinject-mixed", stream=True,
+                                                     messages=[{"role": "user", "content": Q[d][0]}]))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == ch.message.content
+        assert chunks[-1].choices[0].finish_reason == ch.finish_reason
+        assert chunks[-1].model_extra["kinject"]["route"] == d
+    for model in ("base", "rag", "gag-adjuvant", "kinject-grip"):
+        q = "In which year was Entity 3 founded?"
+        resp = client.chat.completions.create(model=model, messages=[{"role": "user", "content": q}])
+        assert isinstance(resp.choices[0].message.content, str)
+        if model == "rag":
+            hits = resp.model_extra["kinject"]["retrievals"]
+            assert len(hits) == 2 and hits[0]["id"] == "p3"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server):
+    url, h = server.url, {**auth(), "Content-Type": "application/json"}
+    post = lambda body, **kw: httpx.post(f"{url}/v1/chat/completions", content=body, headers=kw.get("headers", h))  # noqa: E731
+    r = post(b'{"model": "base", "messages": [')
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = post(json.dumps({"model": "base"}))
+    assert r.status_code == 422 and r.json()["error"]["param"] == "messages"
+    r = post(json.dumps({"model": "base", "messages": [{"role": "robot", "content": "hi"}]}))
+    assert r.status_code == 422 and r.json()["error"]["param"] == "messages.0.role"
+    r = post(json.dumps({"model": "base", "messages": [{"role": "system", "content": "no question"}]}))
+    assert r.status_code == 422 and "user message" in r.json()["error"]["message"]
+    r = post(json.dumps([1, 2]))
+    assert r.status_code == 422
+    r = post(json.dumps({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}))
+    assert r.status_code == 404 and "gag-materials" in r.json()["error"]["message"]
+    r = post(json.dumps({"model": "base", "messages": [{"role": "user", "content": "x" * 5000}]}))
+    assert r.status_code == 413
+    r = chat(url, "base", "word " * 300)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "question_too_long"
+    r = chat(url, "base", "hi", max_tokens=5)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens" and "cap of 4" in r.json()["error"]["message"]
+    assert chat(url, "base", "hi", key="wrong").status_code == 401
+    r = httpx.post(f"{url}/v1/chat/completions", json={"model": "base", "messages": []})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    # max_tokens within the cap cuts the answer there
+    r = chat(url, "base", Q["general"][2], max_tokens=1)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 1
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+    assert chat(url, "kinject-mixed", Q["adjuvant"][0]).json()["kinject"]["route"] == "adjuvant"
+
+
+def test_concurrent_requests_are_batched_into_one_model_call(server):
+    async def burst():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, headers=auth()) as c:
+            qs = [q for d in Q for q in Q[d][:2]]
+            rs = await asyncio.gather(*(c.post("/v1/chat/completions", json={
+                "model": "kinject-mixed", "messages": [{"role": "user", "content": q}]}) for q in qs))
+            return qs, rs
+
+    before = httpx.get(f"{server.url}/health").json()["queues"]["kinject-mixed"]
+    qs, rs = asyncio.run(burst())
+    after = httpx.get(f"{server.url}/health").json()["queues"]["kinject-mixed"]
+    assert [r.status_code for r in rs] == [200] * len(qs)
+    assert after["requests"] - before["requests"] == 6
+    assert after["batches"] - before["batches"] < 6 and after["max_batch"] >= 2  # grouped, not one by one
+    sizes = [r.json()["kinject"]["timings"]["batch_size"] for r in rs]
+    assert max(sizes) >= 2
+    assert [r.json()["kinject"]["route"] for r in rs] == [d for d in Q for _ in range(2)]
+
+
+def test_overload_503_with_retry_after_and_timeout_504(world, models):
+    cfg = make_cfg(world, batching={"max_batch_size": 1, "max_wait_ms": 0, "max_queue": 2})
+
+    async def flood(url, n):
+        async with httpx.AsyncClient(base_url=url, timeout=60, headers=auth()) as c:
+            return await asyncio.gather(*(c.post("/v1/chat/completions", json={
+                "model": "kinject-mixed", "messages": [{"role": "user", "content": Q["materials"][i % 4]}]})
+                for i in range(n)))
+
+    with ServerThread(create_app(cfg, models)) as srv:
+        rs = asyncio.run(flood(srv.url, 24))
+        codes = [r.status_code for r in rs]
+        assert set(codes) == {200, 503} and codes.count(503) >= 1
+        assert all(r.headers.get("retry-after") == "1" for r in rs if r.status_code == 503)
+        assert chat(srv.url, "base", "hi").status_code == 200  # still serving
+    cfg = make_cfg(world, request_timeout_s=0.001)
+    with ServerThread(create_app(cfg, models)) as srv:
+        r = chat(srv.url, "kinject-mixed", Q["materials"][0])
+        assert r.status_code == 504 and "timed out" in r.json()["error"]["message"]
+        assert httpx.get(f"{srv.url}/health").status_code == 200
+
+
+def test_admin_hot_plug_and_a_domain_fault(world, tmp_path):
+    inj = tmp_path / "injector"
+    shutil.copytree(world["domains"]["materials"]["injector"], inj)
+    cfg = make_cfg(world, admin_key=ADMIN).model_dump()
+    cfg["pipeline"]["domains"]["materials"]["injector"] = str(inj)
+    models = ServedModels(ServeConfig(**cfg))
+    with ServerThread(create_app(ServeConfig(**cfg), models)) as srv:
+        url = srv.url
+        adm = lambda k=ADMIN: {"Authorization": f"Bearer {k}"}  # noqa: E731
+        assert httpx.delete(f"{url}/admin/domains/materials").status_code == 401
+        assert httpx.delete(f"{url}/admin/domains/materials", headers=adm(KEY)).status_code == 401
+        # a fault: the materials injector vanishes while serving -> only its requests fail (5xx)
+        shutil.rmtree(inj)
+        for d in ("materials", "adjuvant", "general"):
+            r = chat(url, "kinject-mixed", Q[d][1])
+            if d == "materials":
+                assert r.status_code == 500 and r.json()["error"]["code"] == "route_failed"
+                assert "materials" in r.json()["error"]["message"] and "missing" in r.json()["error"]["message"]
+            else:
+                assert r.status_code == 200 and r.json()["kinject"]["route"] == d
+        assert chat(url, "gag-materials", Q["materials"][1]).status_code == 500
+        assert chat(url, "gag-adjuvant", Q["adjuvant"][1]).status_code == 200
+        # hot-plug: remove the broken domain, add it back with a good injector, no restart
+        r = httpx.delete(f"{url}/admin/domains/materials", headers=adm())
+        assert r.status_code == 200 and r.json()["routes"] == ["general", "adjuvant"]
+        assert chat(url, "gag-materials", "hi").status_code == 404
+        r = chat(url, "kinject-mixed", Q["materials"][1])
+        assert r.status_code == 200 and r.json()["kinject"]["route"] != "materials"
+        good = world["domains"]["materials"]
+        body = {"name": "materials", "bank": world["banks"], "expert": good["expert"], "injector": good["injector"],
+                "system": good["system"], "instruction": good["instruction"], "max_background_tokens": 4}
+        r = httpx.post(f"{url}/admin/domains", headers=adm(), json=body, timeout=60)
+        assert r.status_code == 201 and r.json()["model"] == "gag-materials" and r.json()["snapshot"] == 2
+        assert httpx.post(f"{url}/admin/domains", headers=adm(), json=body).status_code == 409
+        r = httpx.post(f"{url}/admin/domains", headers=adm(), json={**body, "name": "x", "injector": "/nope"})
+        assert r.status_code == 400 and "injector: /nope does not exist" in r.json()["error"]["message"]
+        r = httpx.post(f"{url}/admin/domains", headers=adm(), json={"name": "x"})
+        assert r.status_code == 422 and r.json()["error"]["param"] == "bank"
+        r = chat(url, "kinject-mixed", Q["materials"][1])
+        assert r.status_code == 200 and r.json()["kinject"]["route"] == "materials"
+        assert "gag-materials" in [m["id"] for m in httpx.get(f"{url}/v1/models", headers=auth()).json()["data"]]
+        assert httpx.delete(f"{url}/admin/domains/general", headers=adm()).status_code == 400
+        assert httpx.delete(f"{url}/admin/domains/finance", headers=adm()).status_code == 404
+    # without an admin key the admin endpoints are disabled
+    with ServerThread(create_app(make_cfg(world), models)) as srv:
+        r = httpx.delete(f"{srv.url}/admin/domains/adjuvant", headers={"Authorization": "Bearer x"})
+        assert r.status_code == 403 and "disabled" in r.json()["error"]["message"]
+
+
+def test_graceful_shutdown_drains_in_flight_requests(world, models):
+    cfg = make_cfg(world, batching={"max_batch_size": 8, "max_wait_ms": 1000})
+    srv = ServerThread(create_app(cfg, models)).start()
+    results: list = []
+
+    def one(i):
+        results.append(chat(srv.url, "kinject-mixed", Q["adjuvant"][i]).status_code)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    end = time.monotonic() + 60
+    while httpx.get(f"{srv.url}/health").json()["queues"].get("kinject-mixed", {}).get("in_flight", 0) < 4:
+        assert time.monotonic() < end
+        time.sleep(0.01)
+    srv.stop()  # all 4 are in the server, their batch not run yet (max wait 1 s, max batch 8)
+    for t in threads:
+        t.join(60)
+    assert results == [200] * 4
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{srv.url}/health", timeout=2)
+
+
+def test_load_bench_batched_vs_unbatched(world, models, tmp_path):
+    from kinject.serve.loadtest import run_bench
+
+    cfg = make_cfg(world, batching={"max_batch_size": 8, "max_wait_ms": 20, "max_queue": 64})
+    qs = tmp_path / "q.jsonl"
+    qs.write_text("".join(json.dumps({"question": q}) + "\n" for d in Q for q in Q[d]))
+    out = run_bench(cfg, tmp_path / "bench", 24, 8, "kinject-mixed", qs, 120, [1, 8], say=lambda *_: None,
+                    models=models)
+    saved = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert saved == json.loads(json.dumps(out))
+    assert out["all_200_or_503"] and [r["max_batch_size"] for r in out["runs"]] == [1, 8]
+    for r in out["runs"]:
+        assert r["ok"] + r["rejected_503"] == 24 and r["lost"] == 0 and r["unfinished"] == 0
+        assert r["throughput_rps"] > 0 and r["latency_ms_p50"] <= r["latency_ms_p99"]
+    assert out["runs"][0]["mean_batch"] == 1 and out["runs"][1]["mean_batch"] > 1
+    best = max(r["throughput_rps"] for r in out["runs"])
+    assert out["batching_gain"] == pytest.approx(best / out["runs"][0]["throughput_rps"], rel=1e-2)
