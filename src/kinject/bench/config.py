@@ -95,7 +95,7 @@ class ArchBenchConfig(StageConfig):
     ]
     cpu_layers: list[int] = Field([1, 2], description="reduced depths timed on CPU; per-layer cost = slope")
     prompt_tokens: dict[str, int] = Field(
-        {"base": 40, "gag": 52, "rag_k3": 160},
+        {"base": 29, "gag": 63, "gag_no_slots": 59, "rag_k3": 318},
         description="prompt lengths timed for the prefill ratios (the methods suite's measured means)")
     decode_tokens: int = Field(8, ge=2)
     repeats: int = Field(3, ge=1)
