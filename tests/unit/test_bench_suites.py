@@ -93,7 +93,7 @@ def test_arch_suite_small_shapes_cuda_skipped(tmp_path):
 def test_stages_suite_random(tmp_path):
     from kinject.bench.stages import run_stages
 
-    cfg = StagesBenchConfig(source="random", steps=2, warmup_steps=1, only=["dapt", "stage3", "grip_sft"])
+    cfg = StagesBenchConfig(source="random", steps=2, warmup_steps=1, only=["dapt", "stage3", "memory", "grip_sft"])
     run_stages(cfg, tmp_path)
     data = json.loads((tmp_path / "bench.json").read_text())
     st = data["stages"]
@@ -102,3 +102,4 @@ def test_stages_suite_random(tmp_path):
         assert st[name]["timed_steps"] == 2 and st[name]["tokens_per_s"] > 0, name
     assert st["dapt"]["tokens"] == 2 * 32 * 128  # packed blocks: every token counts
     assert "skipped" in st["grip_sft"]
+    assert st["memory"]["samples"] == 64 and st["memory"]["samples_per_s"] > 0

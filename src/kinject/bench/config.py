@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -42,14 +42,15 @@ class MethodsBenchConfig(StageConfig):
     n_questions: int = Field(24, ge=2, description="questions timed one at a time (p50/p90)")
     n_throughput: int = Field(64, ge=2, description="questions for the batched throughput run")
     batch_size: int = Field(16, ge=1)
-    ks: list[int] = [1, 3, 5]
+    ks: list[Annotated[int, Field(ge=1)]] = [1, 3, 5]
     max_new_tokens: int = Field(24, ge=1, description="answer tokens (base side)")
     max_background_tokens: int = Field(48, ge=1, description="expert background cap (the memory build's)")
     prefill_repeats: int = Field(5, ge=1, description="timed prompt forwards per question (median)")
     grip_max_rounds: int = 4
     grip_top_k: int = 3
     grip_max_new_tokens: int = 64
-    methods: list[str] = ["base", "rag", "text_injection", "gag", "grip"]
+    methods: list[Literal["base", "rag", "text_injection", "gag", "grip"]] = [
+        "base", "rag", "text_injection", "gag", "grip"]
     threads: int | None = 1
 
 
@@ -59,9 +60,9 @@ class LeversBenchConfig(StageConfig):
     source: Literal["auto", "demo", "random"] = "auto"
     artifacts: Artifacts = Artifacts()
     n_repeat: int = Field(32, ge=1, description="questions for the cache (cold vs warm) and batching runs")
-    caps: list[int] = [4, 8, 16, 32, 64, 128]
+    caps: list[Annotated[int, Field(ge=1)]] = [4, 8, 16, 32, 64, 128]
     n_cap: int = Field(180, ge=1, description="dev questions scored at each background cap")
-    batch_sizes: list[int] = [1, 16]
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = [1, 16]
     max_new_tokens: int = 24
     max_background_tokens: int = 48
     decode_tokens: int = Field(32, ge=1, description="tokens decoded in the static-cache / compile run")
@@ -99,7 +100,7 @@ class ArchBenchConfig(StageConfig):
         description="prompt lengths timed for the prefill ratios (the methods suite's measured means)")
     decode_tokens: int = Field(8, ge=2)
     repeats: int = Field(3, ge=1)
-    dtypes: list[str] = ["float32", "bfloat16"]
+    dtypes: list[Literal["float32", "bfloat16", "float16"]] = ["float32", "bfloat16"]
     threads: int | None = 1
     cuda_full_size: bool = True
 
@@ -111,5 +112,6 @@ class StagesBenchConfig(StageConfig):
     artifacts: Artifacts = Artifacts()
     steps: int = Field(20, ge=1, description="timed steps per trainer (after warmup)")
     warmup_steps: int = Field(3, ge=0)
-    only: list[str] = ["dapt", "sft", "stage3", "memory", "grip_sft", "routing", "retrieval"]
+    only: list[Literal["dapt", "sft", "stage3", "memory", "grip_sft", "routing", "retrieval"]] = [
+        "dapt", "sft", "stage3", "memory", "grip_sft", "routing", "retrieval"]
     threads: int | None = 1

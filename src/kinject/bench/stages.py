@@ -152,10 +152,21 @@ def bench_stage3(cfg, data: dict, work: Path) -> dict:
 
 
 def bench_memory(cfg, data: dict, work: Path) -> dict:
-    from kinject.memory.bench import run_bench
+    """`build_memory` (what `kinject memory build` runs) with the stage's expert and questions:
+    the memory suite's function would impose its own layer keys on the demo's 3-layer expert."""
+    import shutil
 
-    return run_bench(work / "memory", expert=data.get("expert"), n=64, max_new_tokens=48, batch_size=16,
-                     threads=cfg.threads)
+    from kinject.memory.build import build_memory
+    from kinject.memory.config import MemoryBuildConfig
+
+    out = work / "memory"
+    shutil.rmtree(out, ignore_errors=True)
+    c = MemoryBuildConfig(expert=data["expert"], questions=[data["memory_questions"]], out=str(out),
+                          layers=data["memory_layers"], slots=4, max_new_tokens=48, batch_size=32, dtype="float16",
+                          device="cpu", system=data.get("system", ""), threads=cfg.threads)
+    r = build_memory(c, progress=False)
+    return {k: r[k] for k in ("samples", "generated_tokens", "seconds", "samples_per_s", "tokens_per_s",
+                              "bytes_per_sample", "mean_tokens") if k in r}
 
 
 def bench_routing(cfg, data: dict, work: Path) -> dict:
@@ -191,8 +202,10 @@ def stage_data(cfg: StagesBenchConfig, work: Path) -> tuple[str, dict]:
             "grip_sft": str(root / "grip" / "synth" / "sft.jsonl"),
             "stage3_rows": str(world / "materials_domain" / "qa_train.jsonl"),
             "stage3_memory": str(root / "memory" / "materials"), "expert": str(root / "expert" / "materials_sft"),
+            "memory_questions": str(world / "materials_domain" / "qa_dev.jsonl"), "system": art.system,
             "ppr_banks": str(root / "ppr" / "banks"), "ppr_questions": str(world / "mixed_domain" / "online" / "mixed.jsonl")}
-    present = all(Path(v).exists() for v in demo.values())
+    present = all(Path(v).exists() for k, v in demo.items() if k != "system")
+    demo["memory_layers"] = ["last", "minus2", "minus3"]  # the demo expert's memory layers
     if cfg.source == "demo" or (cfg.source == "auto" and present):
         return "demo", demo
     return "random", random_data(work / "random")
@@ -217,7 +230,8 @@ def random_data(work: Path) -> dict:
                                    layers=["last", "minus2"], slots=4, max_new_tokens=16, device="cpu",
                                    system=s.system), progress=False)
     return {"expert_init": s.expert, "base": s.base, "corpus": str(work / "corpus.jsonl"), "qa": str(work / "qa.jsonl"),
-            "stage3_rows": str(work / "qa.jsonl"), "stage3_memory": str(store), "expert": s.expert}
+            "stage3_rows": str(work / "qa.jsonl"), "stage3_memory": str(store), "expert": s.expert,
+            "memory_questions": str(work / "qa.jsonl"), "memory_layers": ["last", "minus2"], "system": s.system}
 
 
 def run_stages(cfg: StagesBenchConfig, out: Path) -> dict:
