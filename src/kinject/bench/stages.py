@@ -31,6 +31,7 @@ class TokenRate:
 
     def __init__(self, warmup: int):
         self.warmup, self.t0, self.tok0, self.t1, self.tok1, self.steps = warmup, None, 0, None, 0, 0
+        self.c0 = self.c1 = 0.0
 
     def __getattr__(self, name):  # every other TrainerCallback hook: do nothing
         if name.startswith("on_"):
@@ -40,8 +41,10 @@ class TokenRate:
     def on_step_end(self, args, state, control, **kw):
         if state.global_step == self.warmup:
             self.t0, self.tok0, self.step0 = time.perf_counter(), state.num_input_tokens_seen, state.global_step
+            self.c0 = time.process_time()
         elif self.t0 is not None:
             self.t1, self.tok1, self.steps = time.perf_counter(), state.num_input_tokens_seen, state.global_step - self.step0
+            self.c1 = time.process_time()
 
     def result(self, tokens_per_step: float | None = None) -> dict:
         if self.t0 is None or self.t1 is None:
@@ -52,7 +55,14 @@ class TokenRate:
         if not tokens and tokens_per_step:
             tokens, counted = tokens_per_step * self.steps, "estimated: steps x batch x mean example tokens"
         return {"timed_steps": self.steps, "seconds": round(secs, 3), "steps_per_s": round(self.steps / secs, 3),
-                "tokens": int(tokens), "tokens_per_s": round(tokens / secs, 1), "tokens_counted_by": counted}
+                "tokens": int(tokens), "tokens_per_s": round(tokens / secs, 1), "tokens_counted_by": counted,
+                **_cpu_rate(tokens, self.c1 - self.c0)}
+
+
+def _cpu_rate(tokens: float, cpu_s: float) -> dict:
+    """Tokens per CPU second of this process (all its threads): on a shared machine where this
+    process gets a fraction of a core, the rate it would have with the core to itself."""
+    return {"cpu_s": round(cpu_s, 3), "tokens_per_cpu_s": round(tokens / cpu_s, 1) if cpu_s > 0 else None}
 
 
 @contextmanager
@@ -128,26 +138,26 @@ def bench_stage3(cfg, data: dict, work: Path) -> dict:
     params = [p for p in tr.injector.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-4)
     tr.injector.train()
-    tokens, secs = 0, 0.0
+    tokens, secs, cpu = 0, 0.0, 0.0
     for step in range(cfg.warmup_steps + cfg.steps):
         idx = batch_indices(len(phase.rows), batch, step, c.seed)
         rows = [phase.rows[i] for i in idx]
-        t = time.perf_counter()
+        t, c0 = time.perf_counter(), time.process_time()
         losses = stage3_losses(tr.injector, tr.base, rows, phase.store, targets[idx] if targets is not None else None,
                                c.w_sem, c.w_div, c.max_length)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, c.clip)
         opt.step()
-        dt = time.perf_counter() - t
+        dt, dc = time.perf_counter() - t, time.process_time() - c0
         if step >= cfg.warmup_steps:
-            secs += dt
+            secs, cpu = secs + dt, cpu + dc
             tb = tr.base.encode_train([r["question"] for r in rows], [r["answer"] for r in rows], c.max_length,
                                       [r.get("instruction") for r in rows])
             tokens += int(tb.attention_mask.sum())
     return {"batch": batch, "timed_steps": cfg.steps, "seconds": round(secs, 3), "steps_per_s": round(cfg.steps / secs, 3),
             "tokens": tokens, "tokens_per_s": round(tokens / secs, 1),
-            "tokens_counted_by": "base prompt + answer tokens (non-padding) per batch",
+            "tokens_counted_by": "base prompt + answer tokens (non-padding) per batch", **_cpu_rate(tokens, cpu),
             "injector_parameters": tr.injector.trainable_parameters(), "base_frozen": True}
 
 
@@ -164,9 +174,11 @@ def bench_memory(cfg, data: dict, work: Path) -> dict:
     c = MemoryBuildConfig(expert=data["expert"], questions=[data["memory_questions"]], out=str(out),
                           layers=data["memory_layers"], slots=4, max_new_tokens=48, batch_size=32, dtype="float16",
                           device="cpu", system=data.get("system", ""), threads=cfg.threads)
+    c0 = time.process_time()
     r = build_memory(c, progress=False)
-    return {k: r[k] for k in ("samples", "generated_tokens", "seconds", "samples_per_s", "tokens_per_s",
-                              "bytes_per_sample", "mean_tokens") if k in r}
+    return {**{k: r[k] for k in ("samples", "generated_tokens", "seconds", "samples_per_s", "tokens_per_s",
+                                 "bytes_per_sample", "mean_tokens") if k in r},
+            **_cpu_rate(r.get("generated_tokens", 0), time.process_time() - c0)}
 
 
 def bench_routing(cfg, data: dict, work: Path) -> dict:
@@ -248,7 +260,8 @@ def run_stages(cfg: StagesBenchConfig, out: Path) -> dict:
     rows = []
     for name, r in results.items():
         rate = r.get("tokens_per_s") or r.get("generated_tokens_per_s")
-        rows.append({"stage": name, "tokens_per_s": rate, "steps_per_s": r.get("steps_per_s"),
+        rows.append({"stage": name, "tokens_per_s": rate, "tokens_per_cpu_s": r.get("tokens_per_cpu_s"),
+                     "steps_per_s": r.get("steps_per_s"),
                      "samples_or_queries_per_s": r.get("samples_per_s") or r.get("queries_per_s"),
                      "note": r.get("skipped") or r.get("tokens_counted_by") or ""})
     for name, r in results.items():
@@ -258,6 +271,7 @@ def run_stages(cfg: StagesBenchConfig, out: Path) -> dict:
                          "note": f"single-thread queries/s; build {v.get('build_docs_per_s')} docs/s"})
     result = {"config": cfg.model_dump(), "source": source, "inputs": data, "stages": results}
     lines = [f"Inputs: {source}; {cfg.steps} timed steps after {cfg.warmup_steps} warm-up steps.", ""]
-    lines += md_table(rows, ["stage", "tokens_per_s", "steps_per_s", "samples_or_queries_per_s", "note"])
+    lines += md_table(rows, ["stage", "tokens_per_s", "tokens_per_cpu_s", "steps_per_s", "samples_or_queries_per_s",
+                             "note"])
     write_outputs(out, "stages", result, lines)
     return result
