@@ -99,7 +99,7 @@ def test_stages_suite_random(tmp_path):
     st = data["stages"]
     assert data["source"] == "random"
     for name in ("dapt", "stage3"):
-        assert st[name]["timed_steps"] == 2 and st[name]["tokens_per_s"] > 0, name
+        assert st[name]["timed_steps"] == 2 and st[name]["tokens_per_s"] > 0 and st[name]["tokens_per_cpu_s"] > 0, name
     assert st["dapt"]["tokens"] == 2 * 32 * 128  # packed blocks: every token counts
     assert "skipped" in st["grip_sft"]
     assert st["memory"]["samples"] == 64 and st["memory"]["samples_per_s"] > 0
