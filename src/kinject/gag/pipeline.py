@@ -1,10 +1,13 @@
 """GAG inference with online memories (SPEC-GAG "Inference" and the specialist route of the
 mixed-domain flow): the expert writes a background for each question, its states become slots
 exactly as in `kinject memory build`, the injector projects them and the frozen base answers.
+A repeated question reuses its memory (`MemoryCache`, `cache_size`; `kinject bench levers`
+measures it), and backgrounds are generated in batches of `batch_size`.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,10 +26,45 @@ class GagAnswer:
     background_tokens: int
 
 
+class MemoryCache:
+    """LRU of per-question memories (the expert's trace and its compressed slots), keyed by the
+    question text, the expert's fingerprint and what else changes the background (system prompt,
+    length cap). A repeated question skips the expert's generation entirely. Hand-written: a
+    dozen lines over OrderedDict; functools.lru_cache cannot batch the misses of one call."""
+
+    def __init__(self, size: int):
+        self.size = max(0, int(size))
+        self.items: OrderedDict[tuple, tuple] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple):
+        if key in self.items:
+            self.items.move_to_end(key)
+            self.hits += 1
+            return self.items[key]
+        self.misses += 1
+        return None
+
+    def put(self, key: tuple, value: tuple) -> None:
+        if self.size == 0:
+            return
+        self.items[key] = value
+        self.items.move_to_end(key)
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.hits = self.misses = 0
+
+    def stats(self) -> dict:
+        return {"size": self.size, "entries": len(self.items), "hits": self.hits, "misses": self.misses}
+
+
 class GagPipeline:
     def __init__(self, expert: str, base: str, injector: str, system: str = "", instruction: str = "",
                  max_background_tokens: int = 128, device: str = "auto", dtype: str = "auto",
-                 batch_size: int = 16, say=None):
+                 batch_size: int = 16, say=None, cache_size: int = 256):
         from kinject.memory.layers import check_layer_keys
         from kinject.models import load_causal_lm
 
@@ -40,23 +78,39 @@ class GagPipeline:
         from kinject.memory.background import model_fingerprint
 
         want = self.injector.config.expert_fingerprint
-        if want and model_fingerprint(self.expert) != want:
+        self.expert_fingerprint = model_fingerprint(self.expert)
+        if want and self.expert_fingerprint != want:
             raise UserError(f"expert {expert} is not the one whose memories trained the injector: fingerprint "
-                            f"{model_fingerprint(self.expert)!r} (expert) vs {want!r} (injector {injector})")
+                            f"{self.expert_fingerprint!r} (expert) vs {want!r} (injector {injector})")
         self.base = InjectedBase.load(base, self.injector.config.slots, device, dtype, instruction, say)
         self.injector.check_base(self.base.identity(), f"base {base}")
         self.injector.to(self.base.device).eval()
         self.system, self.max_background_tokens, self.batch_size = system, max_background_tokens, batch_size
+        # memories per question (0 disables); each entry holds the trace's states [L, T, d] in fp32
+        self.cache = MemoryCache(cache_size)
+
+    def _key(self, question: str) -> tuple:
+        return (question, self.expert_fingerprint, self.system, self.max_background_tokens)
 
     @torch.no_grad()
     def memories(self, questions: Sequence[str]) -> tuple[list, dict[str, torch.Tensor]]:
-        """Expert backgrounds and the injector's inputs for them (same path as the memory store)."""
+        """Expert backgrounds and the injector's inputs for them (same path as the memory store).
+        Questions already in the cache are not regenerated; the misses go to the expert in batches."""
         from kinject.memory.background import generate_backgrounds
         from kinject.memory.compress import compress
 
         cfg = self.injector.config
-        traces = generate_backgrounds(self.expert, self.expert_tok, questions, cfg.layers, self.system,
-                                      self.max_background_tokens, self.batch_size)
+        found = {q: self.cache.get(self._key(q)) for q in dict.fromkeys(questions)}
+        todo = [q for q, v in found.items() if v is None]
+        if todo:
+            traces = generate_backgrounds(self.expert, self.expert_tok, todo, cfg.layers, self.system,
+                                          self.max_background_tokens, self.batch_size)
+            for q, t in zip(todo, traces, strict=True):
+                slots = None if self.injector.needs_trajectories else compress(t.states, cfg.slots, cfg.store_pooling,
+                                                                                 cfg.tau)
+                found[q] = (t, slots)
+                self.cache.put(self._key(q), found[q])
+        traces = [found[q][0] for q in questions]
         if self.injector.needs_trajectories:
             tmax = max([t.n_tokens for t in traces] + [1])
             traj = torch.zeros(len(traces), len(cfg.layers), tmax, cfg.expert_hidden)
@@ -65,8 +119,7 @@ class GagPipeline:
                 traj[i, :, :t.n_tokens] = t.states
                 mask[i, :t.n_tokens] = True
             return traces, {"traj": traj, "traj_mask": mask}
-        slots = torch.stack([compress(t.states, cfg.slots, cfg.store_pooling, cfg.tau) for t in traces])
-        return traces, {"slots": slots}
+        return traces, {"slots": torch.stack([found[q][1] for q in questions])}
 
     @torch.no_grad()
     def answer(self, questions: Sequence[str], instructions: Sequence[str | None] | None = None,
