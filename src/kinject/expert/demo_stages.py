@@ -28,7 +28,8 @@ def train_domain_expert(domain: str, world: Path, init: Path, out: Path, quick: 
     ddir = world / f"{domain}_domain"
     dapt = load_config(REPO / f"configs/gag/{domain}_dapt_tiny.yaml", [
         f"model={init}", f"corpus={ddir / 'knowledge_base.jsonl'}", f"out={out / f'{domain}_dapt'}",
-        f"qa_mix.path={ddir / 'qa_train.jsonl'}", *(QUICK["dapt"] if quick else []),
+        f"qa_mix.path={ddir / 'qa_train.jsonl'}", f"probe.path={ddir / 'qa_dev.jsonl'}", "probe.limit=60",
+        *(QUICK["dapt"] if quick else []),
     ], expect=DaptConfig)
     run_dapt(dapt)
     sft = load_config(REPO / f"configs/gag/{domain}_sft_tiny.yaml", [
