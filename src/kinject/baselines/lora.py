@@ -70,15 +70,12 @@ def run_lora(cfg: LoraBaselineConfig, force: bool = False) -> Path:
     from trl import SFTConfig, SFTTrainer
 
     from kinject.expert.training import (
-        check_context,
-        finish_run,
-        load_trainable,
-        make_progress_callback,
-        prepare_work_dir,
-        set_threads,
-        training_kwargs,
-        work_dir_for,
-    )
+    check_context,
+    finish_run,
+    make_progress_callback,
+    open_run,
+    training_kwargs,
+)
     from kinject.io import require_file
     from kinject.models import check_model_dir
 
@@ -93,13 +90,7 @@ def run_lora(cfg: LoraBaselineConfig, force: bool = False) -> Path:
     train_ds, val_ds = lora_datasets(cfg)
     rec = RunRecorder(out, "baselines lora", cfg, seed=cfg.seed)
     rec.extra["data"] = {"train_examples": len(train_ds), "val_examples": len(val_ds)}
-    work = work_dir_for(out)
-    resume = prepare_work_dir(work, h)
-    if resume:
-        console.print(f"baselines lora: resuming from {resume}")
-    set_threads(cfg.train)
-    with rec.timer("load_model"):
-        model, tok = load_trainable(str(base), cfg.dtype, cfg.train.gradient_checkpointing)
+    work, resume, model, tok = open_run(out, h, cfg.train, str(base), cfg.dtype, rec, "baselines lora")
     args = SFTConfig(**training_kwargs(cfg.train, work, cfg.seed), max_length=cfg.max_length, packing=False,
                      assistant_only_loss=True, dataset_num_proc=None)
     span = make_progress_callback()

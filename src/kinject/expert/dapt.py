@@ -28,13 +28,10 @@ from kinject.expert.data import (
 from kinject.expert.training import (
     check_context,
     finish_run,
-    load_trainable,
     make_probe_callback,
     make_progress_callback,
-    prepare_work_dir,
-    set_threads,
+    open_run,
     training_kwargs,
-    work_dir_for,
 )
 from kinject.models import check_model_dir
 from kinject.runs import RunRecorder, inputs_hash, is_complete
@@ -111,14 +108,7 @@ def run_dapt(cfg: DaptConfig, force: bool = False, callbacks: list | None = None
         "train_blocks": len(packed.train), "val_blocks": len(packed.val), "block_size": cfg.block_size,
         "train_tokens_per_epoch": len(packed.train) * cfg.block_size,
     }
-    work = work_dir_for(out)
-    resume = prepare_work_dir(work, h)
-    if resume:
-        console.print(f"expert dapt: resuming from {resume}")
-
-    set_threads(cfg.train)
-    with rec.timer("load_model"):
-        model, tok = load_trainable(str(model_dir), cfg.dtype, cfg.train.gradient_checkpointing)
+    work, resume, model, tok = open_run(out, h, cfg.train, str(model_dir), cfg.dtype, rec, "expert dapt")
     train_ds = Dataset.from_dict({"input_ids": packed.train, "labels": packed.train})
     val_ds = Dataset.from_dict({"input_ids": packed.val, "labels": packed.val})
     span = make_progress_callback()

@@ -20,13 +20,10 @@ from kinject.expert.evaluate import most_common_instruction
 from kinject.expert.training import (
     check_context,
     finish_run,
-    load_trainable,
     make_probe_callback,
     make_progress_callback,
-    prepare_work_dir,
-    set_threads,
+    open_run,
     training_kwargs,
-    work_dir_for,
 )
 from kinject.models import check_model_dir
 from kinject.runs import RunRecorder, inputs_hash, is_complete
@@ -102,13 +99,7 @@ def run_sft(cfg: SftConfig, force: bool = False, callbacks: list | None = None) 
     rec.extra["data"] = {"train_examples": len(train_ds), "val_examples": len(val_ds),
                          "background_task": cfg.background.enabled}
     rec.extra["instruction"] = instruction
-    work = work_dir_for(out)
-    resume = prepare_work_dir(work, h)
-    if resume:
-        console.print(f"expert sft: resuming from {resume}")
-    set_threads(cfg.train)
-    with rec.timer("load_model"):
-        model, tok = load_trainable(str(model_dir), cfg.dtype, cfg.train.gradient_checkpointing)
+    work, resume, model, tok = open_run(out, h, cfg.train, str(model_dir), cfg.dtype, rec, "expert sft")
     span = make_progress_callback()
     probe = make_probe_callback(cfg.probe, tok)
     trainer = make_sft_trainer(cfg, model, tok, train_ds, val_ds, work, [span, *filter(None, [probe]), *(callbacks or [])])

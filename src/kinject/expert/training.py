@@ -250,3 +250,20 @@ def _train_dtype(dtype: str) -> str:
     # Weights stay fp32 for training (mixed precision is the Trainer's bf16 flag); the Trainer
     # moves the model to the right device itself.
     return "float32" if dtype == "auto" else dtype
+
+
+def open_run(out: Path, inputs_hash: str, train: TrainSection, model_path: str, dtype: str, rec: RunRecorder,
+             label: str):
+    """The start every trainer shares: checkpoint dir (and what to resume from), threads, model.
+
+    -> (work_dir, resume checkpoint or None, model, tokenizer)."""
+    from rich.console import Console
+
+    work = work_dir_for(out)
+    resume = prepare_work_dir(work, inputs_hash)
+    if resume:
+        Console(stderr=True).print(f"{label}: resuming from {resume}")
+    set_threads(train)
+    with rec.timer("load_model"):
+        model, tok = load_trainable(model_path, dtype, train.gradient_checkpointing)
+    return work, resume, model, tok
