@@ -26,7 +26,7 @@ import numpy as np
 from kinject.errors import UserError
 from kinject.io import atomic_dir, file_sha256, iter_jsonl, require_file, write_json_atomic
 from kinject.ppr.config import EncoderConfig, PPRConfig
-from kinject.ppr.encoders import Encoder, count_over, load_encoder
+from kinject.ppr.encoders import Encoder, count_over, cpu_threads, load_encoder
 
 INDEX = "banks.json"
 FORMAT = "kinject-ppr-banks/1"
