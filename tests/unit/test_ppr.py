@@ -152,6 +152,10 @@ def test_kmeans_caps_k_is_seeded_and_normalized():
     a, _ = kmeans_prototypes(big, k=8, n_init=10, seed=3)
     b, _ = kmeans_prototypes(big, k=8, n_init=10, seed=3)
     assert a.shape == (8, 16) and np.array_equal(a, b)
+    # k >= distinct questions: the questions themselves, in first-seen order, no k-means
+    ex, inertia = kmeans_prototypes(np.concatenate([emb, emb[:3]]), k=4096, n_init=10, seed=0)
+    np.testing.assert_allclose(ex, emb, atol=1e-6)
+    assert inertia == 0.0
 
 
 def test_build_writes_banks_with_metadata(banks2, minilm, world):
@@ -334,3 +338,5 @@ def test_shipped_configs_load():
     cfgs = {f.stem: load_config(f, expect=PPRConfig) for f in sorted(root.glob("*.yaml"))}
     assert cfgs["default"] == PPRConfig()  # the file states the defaults
     assert cfgs["paper"].encoder.kind == "hf-mean" and cfgs["paper"].k == 32
+    # tiny: the default encoder with exemplar banks (k above the tiny world's offline questions)
+    assert cfgs["tiny"].encoder == PPRConfig().encoder and cfgs["tiny"].k >= 1200

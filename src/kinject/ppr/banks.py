@@ -26,7 +26,7 @@ import numpy as np
 from kinject.errors import UserError
 from kinject.io import atomic_dir, file_sha256, iter_jsonl, require_file, write_json_atomic
 from kinject.ppr.config import EncoderConfig, PPRConfig
-from kinject.ppr.encoders import Encoder, count_over, load_encoder
+from kinject.ppr.encoders import Encoder, count_over, cpu_threads, load_encoder
 
 INDEX = "banks.json"
 FORMAT = "kinject-ppr-banks/1"
@@ -105,13 +105,20 @@ def kmeans_prototypes(emb: np.ndarray, k: int, n_init: int, seed: int) -> tuple[
     """k-means (scikit-learn) on unit vectors -> re-normalized centroids, and the inertia.
 
     k is capped by the number of distinct embeddings (so a small domain gets one prototype
-    per question instead of empty clusters)."""
+    per question instead of empty clusters). When k reaches that number the distinct
+    embeddings themselves are the prototypes (what k-means would converge to, without running
+    it): the exemplar bank of `configs/ppr/tiny.yaml`."""
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
-    n_distinct = len(np.unique(np.round(emb, 6), axis=0))
-    k_eff = max(1, min(k, n_distinct))
-    with threadpool_limits(limits=2):
+    _, first = np.unique(np.round(emb, 6), axis=0, return_index=True)
+    n_distinct = len(first)
+    if k >= n_distinct:
+        cent = emb[np.sort(first)].astype(np.float32)
+        cent /= np.clip(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12, None)
+        return cent, 0.0
+    k_eff = max(1, k)
+    with threadpool_limits(limits=cpu_threads()):
         km = KMeans(n_clusters=k_eff, n_init=n_init, random_state=seed).fit(emb)
     cent = km.cluster_centers_.astype(np.float32)
     cent /= np.clip(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12, None)

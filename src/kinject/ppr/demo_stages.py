@@ -7,9 +7,12 @@ from pathlib import Path
 
 from kinject.demo import DemoContext, stage
 
+TINY_PPR = Path(__file__).resolve().parents[3] / "configs/ppr/tiny.yaml"  # exemplar banks, see the file
+
 
 @stage("ppr", order=40, help="PPR routing: prototype banks, online accuracy, plug-and-play, throughput")
 def ppr_stage(ctx: DemoContext, out: Path) -> None:
+    from kinject.config import load_config
     from kinject.errors import UserError
     from kinject.io import atomic_dir, write_json_atomic
     from kinject.ppr.banks import build_banks
@@ -25,7 +28,7 @@ def ppr_stage(ctx: DemoContext, out: Path) -> None:
     if not Path(world).is_dir():
         raise UserError(f"ppr stage needs the world (run the `world` stage first): {world} not found")
     files, online = offline_files(world), online_file(world)
-    cfg = PPRConfig()
+    cfg = load_config(TINY_PPR, expect=PPRConfig)
     quick = {"n": 512, "repeats": 2} if ctx.quick else {"n": 2048, "repeats": 3}
     h = inputs_hash({"ppr": cfg.model_dump(), **quick}, *[f for _, f in files], online)
     if not is_complete(out, h):

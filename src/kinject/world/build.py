@@ -12,7 +12,7 @@ Layout (field names as in the seeds):
   wiki/passages.tsv                            id, text, title
   wiki/qa_{train,test}.jsonl                   {question, answer, hops, popularity, ...}
   mixed_domain/offline/{general,<private>}.jsonl, mixed_domain/online/mixed.jsonl
-                                               {question, domain}
+                                               {question, domain} (see `kinject.world.mixed`)
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from kinject.runs import RunRecorder, inputs_hash, is_complete
 from kinject.world.config import WorldConfig
 from kinject.world.facts import Entity, World, value_text
 from kinject.world.fresh import FreshFactory, styles
+from kinject.world.mixed import load_offline_wordings, mixed_files, wordings_paths
 from kinject.world.names import NamePool
 from kinject.world.private import knowledge_base, qa_splits
 from kinject.world.public import closed_book_test, public_pretrain_rows, wiki_passages, wiki_qa
@@ -43,6 +44,12 @@ def domain_paths(cfg: WorldConfig, config_path: str | Path | None) -> list[Path]
     if len(set(names)) != len(names):
         raise UserError(f"world config: a domain is listed twice in {names}")
     return [base / f"{n}.yaml" for n in names]
+
+
+def offline_wordings_dir(cfg: WorldConfig, config_path: str | Path | None) -> Path | None:
+    if cfg.mixed.offline_wordings is None:
+        return None
+    return domain_paths(cfg, config_path)[0].parent / cfg.mixed.offline_wordings
 
 
 def load_domains(cfg: WorldConfig, config_path: str | Path | None) -> list[DomainSpec]:
@@ -111,8 +118,10 @@ def _tsv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def generate(cfg: WorldConfig, domains: list[DomainSpec], out: Path) -> dict[str, int]:
-    """Write every file under `out` (an empty directory). Returns row counts per file."""
+def generate(cfg: WorldConfig, domains: list[DomainSpec], out: Path,
+             offline_wordings: dict[str, dict[str, list[str]]] | None = None) -> dict[str, int]:
+    """Write every file under `out` (an empty directory). Returns row counts per file.
+    `offline_wordings`: domain -> router-only question wordings (`kinject.world.mixed`)."""
     world = make_world(cfg, domains)
     chat = ChatRenderer()
     files: dict[str, list[dict]] = {}
@@ -159,25 +168,9 @@ def generate(cfg: WorldConfig, domains: list[DomainSpec], out: Path) -> dict[str
     files["general/pretrain.jsonl"] = pretrain
 
     # mixed-domain routing sets: offline = questions a router may learn from; online = held out
-    mrng = _rng(cfg.seed, "mixed")
-    cb_seen = [r["question"] for r in files["general/qa_test.jsonl"] if r["wording"] == "seen"]
-    cb_held = [r["question"] for r in files["general/qa_test.jsonl"] if r["wording"] == "heldout"]
-    offline = {pub.name: cb_seen + [r["question"] for r in wqa["train"]]}
-    online = {pub.name: cb_held + [r["question"] for r in wqa["test"]]}
-    for d in priv:
-        offline[d.name] = [r["input"] for r in files[f"{d.name}_domain/qa_train.jsonl"]]
-        online[d.name] = [r["input"] for k in ("dev", "dev_para") for r in files[f"{d.name}_domain/qa_{k}.jsonl"]]
-    mixed = []
-    for name in offline:
-        qs = sorted(set(offline[name]))
-        mrng.shuffle(qs)
-        files[f"mixed_domain/offline/{name}.jsonl"] = [{"question": q, "domain": name}
-                                                      for q in qs[: cfg.mixed.offline_per_domain]]
-        qs = sorted(set(online[name]) - set(offline[name]))
-        mrng.shuffle(qs)
-        mixed += [{"question": q, "domain": name} for q in qs[: cfg.mixed.online_per_domain]]
-    mrng.shuffle(mixed)
-    files["mixed_domain/online/mixed.jsonl"] = mixed
+    files.update(mixed_files(domains, files, wqa, offline_wordings or {}, cfg.mixed.offline_per_domain,
+                             cfg.mixed.online_per_domain, _rng(cfg.seed, "mixed"),
+                             _rng(cfg.seed, "mixed_offline_wordings")))
 
     for rel, rows in files.items():
         write_jsonl_atomic(out / rel, rows)
@@ -194,15 +187,19 @@ def build_world(config_path: str | Path | None, out: str | Path, overrides=(), f
 
     cfg = load_config(config_path, overrides, expect=WorldConfig)
     domains = load_domains(cfg, config_path)
-    h = inputs_hash(cfg, *domain_paths(cfg, config_path))
+    spec = {d.name: d for d in domains}
+    wpaths = wordings_paths(offline_wordings_dir(cfg, config_path), domains)
+    wordings = {name: load_offline_wordings(p, spec[name]) for name, p in wpaths.items()}
+    h = inputs_hash(cfg, *domain_paths(cfg, config_path), *wpaths.values())
     out = Path(out)
     if not force and is_complete(out, h):
         return out
     rec = RunRecorder(out, "world build", cfg, cfg.seed)
     with atomic_dir(out) as tmp:
         with rec.timer("build"):
-            counts = generate(cfg, domains, tmp)
+            counts = generate(cfg, domains, tmp, wordings)
         rec.metrics["counts"] = counts
         rec.extra["domains"] = {d.name: d.source for d in domains}
+        rec.extra["offline_wordings"] = {name: str(p) for name, p in wpaths.items()}
         rec.write(tmp, inputs_hash=h)
     return out

@@ -41,6 +41,9 @@ class FreshSizes(StrictModel):
 class MixedSizes(StrictModel):
     offline_per_domain: int = 400
     online_per_domain: int = 150
+    # router-only offline question wordings, `<dir>/<domain>.yaml` (dir relative to domains_dir;
+    # null: none); see kinject.world.mixed
+    offline_wordings: str | None = "offline_wordings"
 
 
 @register_config
