@@ -83,3 +83,17 @@ def memory_stage(ctx: DemoContext, out: Path) -> None:
         if stats:
             ctx.summary[f"memory {domain}: samples/s, generated tokens/s"] = (
                 f"{stats['samples_per_s']}, {stats['tokens_per_s']}")
+        ctx.summary[f"memory {domain}: dev backgrounds stating the gold value"] = round(
+            background_hit_rate(store, world / f"{domain}_domain" / "qa_dev.jsonl"), 3)
+
+
+def background_hit_rate(store: Path, questions: Path) -> float:
+    """Share of questions whose stored background contains a gold answer (DPR has_answer): the
+    ceiling of what GAG and text injection can pass on from this expert."""
+    from kinject.eval.metrics import has_answer
+    from kinject.io import iter_jsonl
+    from kinject.memory.store import item_id
+
+    backgrounds = {r["id"]: r.get("background", "") for r in iter_jsonl(store / "index.jsonl")}
+    hits = [has_answer(backgrounds[item_id(r)], r["answer"]) for r in iter_jsonl(questions) if item_id(r) in backgrounds]
+    return sum(hits) / len(hits) if hits else 0.0
