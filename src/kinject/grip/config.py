@@ -71,6 +71,9 @@ class GripSftConfig(StageConfig):
     data: str = Field(description="sft.jsonl written by `kinject grip synth`")
     out: str = "outputs/grip/sft"
     control_tokens: Literal["special", "text"] = "special"  # single ids (default) or plain text
+    # `words`: start the control tokens' embeddings at their words' mean (sft.init_control_embeddings;
+    # for a base that never trained them); `keep`: as loaded (continuing from a GRIP checkpoint)
+    control_init: Literal["words", "keep"] = "words"
     epochs: float = 8.0
     max_steps: int = -1  # > 0: stop after this many optimizer steps (overrides epochs)
     lr: float = 1e-6
