@@ -37,6 +37,7 @@ class AgentConfig(StrictModel):
     max_new_tokens: int = Field(128, ge=1)
     batch_size: int = Field(32, ge=1)
     control_tokens: Literal["special", "text"] = "special"  # as the model was trained (grip sft)
+    first_query: Literal["model", "question"] = "model"  # see agent.AgentSettings.first_query
 
 
 @register_config
