@@ -78,7 +78,7 @@ def test_budget_forces_answer_and_falls_back_to_intermediary():
     agent.generate_fn = lambda ps: (prompts.extend(ps), gen(ps))[1]
     ep = agent.run(["Q3"])[0]
     assert ep.n_retrievals == 3 and len(ep.steps) == 4
-    assert "must answer" in prompts[-1] and prompts[-1].endswith("[ANSWER] ")
+    assert "must answer" in prompts[-1] and prompts[-1].endswith("[ANSWER]")
     assert ep.answer == "fact 2"  # empty forced answer -> last intermediary
     assert ep.step_answers == ["fact 0", "fact 1", "fact 2", "fact 2"]
 
@@ -133,3 +133,16 @@ def test_plain_text_markers_mode():
                                  AgentSettings(max_rounds=2, max_new_tokens=4, control_tokens="text"))
     eps = agent.run(["Where is Norland?"])
     assert eps[0].done and 1 <= len(eps[0].steps) <= 2
+
+
+def test_first_query_question_searches_the_original_question():
+    """`first_query: question`: a round-0 plan searches the question itself (pattern B's query);
+    later rounds still search the model's own query."""
+    index = KeywordIndex(PASSAGES)
+    turns = {"Where is Velmora capital": [plan_turn("?", "garbled Toum"), plan_turn("Velmora", "Norland borders"),
+                                          final_turn("Norland")]}
+    agent = GripAgent(scripted(turns), lambda msgs: msgs[0]["content"], index,
+                      AgentSettings(max_rounds=4, top_k=1, first_query="question"))
+    ep = agent.run(["Where is Velmora capital"])[0]
+    assert index.calls == ["Where is Velmora capital", "Norland borders"]
+    assert ep.steps[0].retrieved_ids == ["p1"] and ep.n_retrievals == 2 and ep.answer == "Norland"

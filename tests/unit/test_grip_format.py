@@ -42,7 +42,7 @@ def test_parse_edge_cases():
 def test_round_content_slots():
     text = round_content("Who?", "partial fact", ["first passage", f"second {SOLVED} passage"], force_answer=True)
     assert "Original Query: Who?" in text and "Intermediary: partial fact" in text
-    assert "[1]. first passage\n[2]. second passage" in text
+    assert "[2]. second passage\n[1]. first passage" in text  # best passage last
     assert "must answer" in text
     assert "Reference Text:" in round_content("Who?") and "[1]." not in round_content("Who?")
 

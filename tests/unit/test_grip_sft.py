@@ -106,3 +106,26 @@ def test_bad_sft_rows(tmp_path):
     p.write_text(json.dumps({"question": "q", "target": "t"}) + "\n")
     with pytest.raises(UserError, match=r"sft.jsonl:1: missing field"):
         read_sft_rows(p)
+
+
+def test_control_embeddings_start_at_their_words(tiny_model_dir):
+    """`control_init: words`: each control token's embedding becomes its word's mean embedding."""
+    from kinject.grip.sft import CONTROL_WORDS, init_control_embeddings
+    from kinject.models import load_causal_lm
+
+    model, tok = load_causal_lm(tiny_model_dir, device="cpu", dtype="float32")
+    before = init_control_embeddings(model, tok)
+    emb = model.get_input_embeddings().weight
+    assert set(before) == set(CONTROL_TOKENS)
+    for t, word in CONTROL_WORDS.items():
+        pieces = tok(word, add_special_tokens=False).input_ids
+        assert emb[tok.convert_tokens_to_ids(t)].detach().allclose(emb[pieces].mean(0).detach())
+
+
+def test_turns_have_no_lone_space_token_before_a_marker(tiny_tokenizer):
+    """A space before `[SOLVED]` / `[RETRIEVE]` would be a lone " " token the base never saw."""
+    for turn in (final_turn("Velmora"), plan_turn("Arno Betz was born in Velmora", "Where is Velmora?")):
+        pieces = tiny_tokenizer.convert_ids_to_tokens(tiny_tokenizer(turn, add_special_tokens=False).input_ids)
+        for a, b in zip(pieces, pieces[1:], strict=False):
+            if b in ("[SOLVED]", "[RETRIEVE]"):
+                assert a.strip("Ġ "), f"lone space before {b} in {pieces}"

@@ -72,6 +72,10 @@ class AgentSettings:
     max_new_tokens: int = 128
     batch_size: int = 32
     control_tokens: str = "special"  # "text": a model trained with plain-text markers (see from_model)
+    # "question": a first-round plan searches the original question, which is what pattern B's
+    # target query is by construction (SPEC-GRIP); for small models that garble the copy (the tiny
+    # world's GRIP wrote "In which year was the city where Toum born?"). "model": its own query.
+    first_query: str = "model"
 
 
 def check_control_tokens(tokenizer) -> list[int]:
@@ -148,7 +152,8 @@ class GripAgent:
             ep.steps.append(step)
             if turn.kind == "plan" and not force:
                 step.intermediary, step.query = turn.intermediary, turn.query
-                planned.append((ep, step, clean_query(turn.query) or clean_query(ep.question)))
+                query = ep.question if rnd == 0 and self.settings.first_query == "question" else turn.query
+                planned.append((ep, step, clean_query(query) or clean_query(ep.question)))
             else:
                 step.answer = turn.answer
                 # an empty forced answer falls back to the last intermediary (SPEC-GRIP)

@@ -37,6 +37,7 @@ class AgentConfig(StrictModel):
     max_new_tokens: int = Field(128, ge=1)
     batch_size: int = Field(32, ge=1)
     control_tokens: Literal["special", "text"] = "special"  # as the model was trained (grip sft)
+    first_query: Literal["model", "question"] = "model"  # see agent.AgentSettings.first_query
 
 
 @register_config
@@ -71,6 +72,9 @@ class GripSftConfig(StageConfig):
     data: str = Field(description="sft.jsonl written by `kinject grip synth`")
     out: str = "outputs/grip/sft"
     control_tokens: Literal["special", "text"] = "special"  # single ids (default) or plain text
+    # `words`: start the control tokens' embeddings at their words' mean (sft.init_control_embeddings;
+    # for a base that never trained them); `keep`: as loaded (continuing from a GRIP checkpoint)
+    control_init: Literal["words", "keep"] = "words"
     epochs: float = 8.0
     max_steps: int = -1  # > 0: stop after this many optimizer steps (overrides epochs)
     lr: float = 1e-6

@@ -30,7 +30,8 @@ def answer_metrics() -> list[str]:
 def settings_of(cfg) -> AgentSettings:
     a = cfg.agent
     return AgentSettings(max_rounds=a.max_rounds, top_k=a.top_k, max_new_tokens=a.max_new_tokens,
-                         batch_size=a.batch_size, control_tokens=a.control_tokens)
+                         batch_size=a.batch_size, control_tokens=a.control_tokens,
+                         first_query=a.first_query)
 
 
 def load_agent(cfg, retriever):

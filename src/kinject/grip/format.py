@@ -50,16 +50,23 @@ def strip_control(text: str) -> str:
     return _squash(text)
 
 
+# No space before a closing marker: with single-token markers a space there becomes a lone " "
+# token the base never saw before a word (measured loss 10-16 on it at the start of SFT).
 def final_turn(answer: str) -> str:
-    return f"{ANSWER} {strip_control(answer)} {SOLVED}"
+    return f"{ANSWER} {strip_control(answer)}{SOLVED}"
 
 
 def plan_turn(intermediary: str, query: str) -> str:
-    return f"{INTERMEDIARY} {strip_control(intermediary)} {RETRIEVE} {strip_control(query)}"
+    return f"{INTERMEDIARY} {strip_control(intermediary)}{RETRIEVE} {strip_control(query)}"
 
 
 def format_references(passages: Sequence[str]) -> str:
-    return "\n".join(f"[{i}]. {_squash(p)}" for i, p in enumerate(passages, 1))
+    """`[i]. body` lines numbered by retrieval rank, the best passage LAST (nearest the answer).
+
+    Best-last because a small model reads the passage next to its answer best: the tiny world's
+    base answered 0.027 EM from 2 passages best-first vs 0.100 best-last (0.005 vs 0.035 at 3)."""
+    lines = [f"[{i}]. {_squash(p)}" for i, p in enumerate(passages, 1)]
+    return "\n".join(reversed(lines))
 
 
 def round_content(query: str, intermediary: str = "", references: Sequence[str] = (),
@@ -84,8 +91,9 @@ def round_messages(query: str, intermediary: str = "", references: Sequence[str]
 
 
 def assistant_prefill(force_answer: bool) -> str:
-    """The forced last round pre-fills the assistant turn with `[ANSWER]`."""
-    return f"{ANSWER} " if force_answer else ""
+    """The forced last round pre-fills the assistant turn with `[ANSWER]` (no trailing space: the
+    space belongs to the answer's first token, ` Name`, as in the training turns)."""
+    return ANSWER if force_answer else ""
 
 
 _FINAL = re.compile(re.escape(ANSWER) + r"(.*?)(?:" + re.escape(SOLVED) + r"|$)", re.S)
