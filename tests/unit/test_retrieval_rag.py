@@ -51,9 +51,9 @@ def test_prompts_hold_k_passages_and_batching_matches_single(tiny_model_dir, ind
     model, tok = load_causal_lm(tiny_model_dir, device="cpu")
     qs = [q["question"] for q in QUESTIONS]
     with open_index(index) as r:
-        outs = rag_answer(model, tok, r, qs, k=2, max_new_tokens=8, batch_size=3)
-        single = [rag_answer(model, tok, r, [q], k=2, max_new_tokens=8, batch_size=1)[0] for q in qs]
-        top1 = rag_answer(model, tok, r, qs, k=1, max_new_tokens=8)
+        outs = rag_answer(model, tok, r, qs, k=2, max_new_tokens=8, style="numbered", batch_size=3)
+        single = [rag_answer(model, tok, r, [q], k=2, max_new_tokens=8, style="numbered", batch_size=1)[0] for q in qs]
+        top1 = rag_answer(model, tok, r, qs, k=1, max_new_tokens=8, style="numbered")
     assert len(outs) == 3
     for o, q in zip(outs, qs):
         assert len(o.hits) == 2 and f"Question: {q}" in o.prompt

@@ -55,7 +55,7 @@ class RagOutput:
 def rag_answer(
     model, tokenizer, retriever: BaseRetriever, questions: Sequence[str], k: int,
     max_new_tokens: int = 32, batch_size: int = 16, instruction: str = "",
-    hits: Sequence[Sequence[Hit]] | None = None, style: str = "numbered",
+    hits: Sequence[Sequence[Hit]] | None = None, style: str = "plain",
 ) -> list[RagOutput]:
     """Answer each question from its top-k passages (pass `hits` to reuse a retrieval)."""
     from kinject.generation import generate_texts
