@@ -42,6 +42,15 @@ def _memory_settings(artifacts: dict, domain: str) -> dict:
     return out
 
 
+def _grip_agent_settings() -> dict:
+    """The tiny GRIP agent settings (`configs/grip/eval_tiny.yaml`), so the report's `grip` row is
+    the agent the grip stage measured (top_k 1, first_query question on the tiny base)."""
+    import yaml
+
+    agent = yaml.safe_load((REPO / "configs/grip/eval_tiny.yaml").read_text()).get("agent", {})
+    return {k: agent[k] for k in ("max_rounds", "top_k", "max_new_tokens", "first_query") if k in agent}
+
+
 def demo_methods(artifacts: dict) -> tuple[list[dict], dict[str, str]]:
     """(method entries for the eval config, {method: why it is left out})."""
     from kinject.expert.evaluate import default_instruction
@@ -71,7 +80,8 @@ def demo_methods(artifacts: dict) -> tuple[list[dict], dict[str, str]]:
         skipped["gag"] = "no injector_<domain> (gag stage)"
     grip = artifacts.get("grip_rl_model") or artifacts.get("grip_model")
     if grip and index:
-        entries.append({"name": "grip", "options": {"model": str(grip), "index": str(index)}, "datasets": list(OPEN)})
+        entries.append({"name": "grip", "options": {"model": str(grip), "index": str(index), **_grip_agent_settings()},
+                        "datasets": list(OPEN)})
     else:
         skipped["grip"] = "no grip_model (grip stage) or wiki_index"
     banks = artifacts.get("ppr_banks")

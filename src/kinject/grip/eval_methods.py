@@ -26,6 +26,7 @@ class GripOptions(StrictModel):
     top_k: int = Field(3, ge=1)
     max_new_tokens: int = Field(64, ge=1)  # per turn
     control_tokens: Literal["special", "text"] = "special"
+    first_query: Literal["model", "question"] = "model"  # see kinject.grip.agent.AgentSettings
 
 
 class GripMethod:
@@ -42,7 +43,7 @@ class GripMethod:
         self.retriever = open_index(options.index, options.backend)
         model, self.tokenizer = load_causal_lm(options.model, device=ctx.device, dtype=ctx.dtype)
         settings = AgentSettings(options.max_rounds, options.top_k, options.max_new_tokens, ctx.batch_size,
-                                 options.control_tokens)
+                                 options.control_tokens, options.first_query)
         self.agent = GripAgent.from_model(model, self.tokenizer, self.retriever, settings)
         self.prompt_tokens: dict[int, int] = {}
         inner = self.agent.prompt
