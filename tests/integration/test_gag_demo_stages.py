@@ -28,11 +28,14 @@ def test_memory_and_gag_stages_run_then_skip(tmp_path, tiny_model_dir, tiny_toke
     write_jsonl(world / "general" / "align.jsonl", [
         {"question": f"Where is Velmora-{i}?", "answer": "Norland", "background": f"Velmora-{i} is in Norland."}
         for i in range(6)])
+    write_jsonl(world / "general" / "align_dev.jsonl", [
+        {"question": f"Where is Torvane-{i}?", "answer": "Ostria", "background": f"Torvane-{i} is in Ostria."}
+        for i in range(4)])
     foundation = tmp_path / "foundation"
     save_model(make_tiny_model(TinySpec(vocab=600, hidden=32, layers=2, heads=2), tokenizer=tiny_tokenizer),
                tiny_tokenizer, foundation / "base")
     monkeypatch.setattr(mem_demo, "QUICK", {"domain": ["max_new_tokens=5", "layers=[last, minus2]"],
-                                            "align": ["limit=6", "layers=[last, minus2]"]})
+                                            "align": ["limit=10", "layers=[last, minus2]"]})
     monkeypatch.setattr(gag_demo, "QUICK", ["alignment.steps=2", "domain.steps=2", "alignment.batch_size=4",
                                             "domain.batch_size=4", "w_sem=0.0"])
     ctx = DemoContext(out=tmp_path / "demo", quick=True,
@@ -41,10 +44,14 @@ def test_memory_and_gag_stages_run_then_skip(tmp_path, tiny_model_dir, tiny_toke
     mem_demo.memory_stage(ctx, ctx.out / "memory")
     gag_demo.gag_stage(ctx, ctx.out / "gag")
     rows = [json.loads(line) for line in (ctx.out / "gag" / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 * 2 * 3 * 3
-    assert {r["dataset"] for r in rows} == {"materials", "materials_para", "adjuvant", "adjuvant_para"}
-    assert {r["n"] for r in rows} == {3}
+    # per domain: dev, dev_para and the fresh-fact channel test (align_dev) x 3 methods x 3 metrics
+    assert len(rows) == 2 * 3 * 3 * 3
+    assert {r["dataset"] for r in rows} == {"materials", "materials_para", "adjuvant", "adjuvant_para", "align_fresh"}
+    assert {r["n"] for r in rows if r["dataset"] != "align_fresh"} == {3}
+    assert {r["n"] for r in rows if r["dataset"] == "align_fresh"} == {4}
     assert "gag materials: dev EM (zeroed / foreign memories)" in ctx.summary
+    assert "gag adjuvant: fresh general facts EM (zeroed)" in ctx.summary
+    assert 0.0 <= ctx.summary["memory materials: dev backgrounds stating the gold value"] <= 1.0
     manifests = sorted((ctx.out).rglob("manifest.json"))
     stamps = {p: p.stat().st_mtime_ns for p in manifests}
     assert len(manifests) == 6  # 4 stores + 2 injector runs

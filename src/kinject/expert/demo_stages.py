@@ -18,8 +18,10 @@ DOMAINS = ("materials", "adjuvant")
 QUICK = {"dapt": ["train.max_steps=300"], "sft": ["train.epochs=1"]}
 
 
-def train_domain_expert(domain: str, world: Path, init: Path, out: Path, quick: bool) -> Path:
-    """DAPT then SFT of one domain's expert (a worker of `run_parallel`); returns the SFT dir."""
+def train_domain_expert(domain: str, world: Path, init: Path, out: Path, dapt_overrides: list[str],
+                        sft_overrides: list[str]) -> Path:
+    """DAPT then SFT of one domain's expert (a worker of `run_parallel`; the preset's overrides
+    are passed in); returns the SFT dir."""
     from kinject.config import load_config
     from kinject.expert.config import DaptConfig, SftConfig
     from kinject.expert.dapt import run_dapt
@@ -29,12 +31,12 @@ def train_domain_expert(domain: str, world: Path, init: Path, out: Path, quick: 
     dapt = load_config(REPO / f"configs/gag/{domain}_dapt_tiny.yaml", [
         f"model={init}", f"corpus={ddir / 'knowledge_base.jsonl'}", f"out={out / f'{domain}_dapt'}",
         f"qa_mix.path={ddir / 'qa_train.jsonl'}", f"probe.path={ddir / 'qa_dev.jsonl'}", "probe.limit=60",
-        *(QUICK["dapt"] if quick else []),
+        *dapt_overrides,
     ], expect=DaptConfig)
     run_dapt(dapt)
     sft = load_config(REPO / f"configs/gag/{domain}_sft_tiny.yaml", [
         f"model={dapt.out}", f"data={ddir / 'qa_train.jsonl'}", f"out={out / f'{domain}_sft'}",
-        *(QUICK["sft"] if quick else []),
+        *sft_overrides,
     ], expect=SftConfig)
     return run_sft(sft)
 
@@ -47,7 +49,8 @@ def expert_stage(ctx: DemoContext, out: Path) -> None:
 
     world, init = Path(ctx.artifacts["world"]), Path(ctx.artifacts["foundation"]) / "expert_init"
     # the two domains are independent: one worker process per core
-    paths = run_parallel(train_domain_expert, [(d, world, init, out, ctx.quick) for d in DOMAINS])
+    preset = (QUICK["dapt"], QUICK["sft"]) if ctx.quick else ([], [])
+    paths = run_parallel(train_domain_expert, [(d, world, init, out, *preset) for d in DOMAINS])
     experts = dict(zip(DOMAINS, map(Path, paths)))
     for domain, path in experts.items():
         ctx.artifacts[f"expert_{domain}"] = path

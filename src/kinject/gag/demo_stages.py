@@ -21,8 +21,9 @@ SPLITS = {"dev": "{d}", "dev_para": "{d}_para"}  # world split -> results datase
 
 
 def train_domain_injector(domain: str, world: Path, base: Path, mem: Path, amem: Path, out: Path,
-                          quick: bool) -> Path:
-    """Stage III + evaluation of one domain (a worker of `run_parallel`); returns the run dir."""
+                          overrides: list[str]) -> Path:
+    """Stage III + evaluation of one domain (a worker of `run_parallel`; the preset's overrides
+    are passed in); returns the run dir."""
     from kinject.config import load_config
     from kinject.gag.config import Stage3Config
     from kinject.gag.evaluate import evaluate_gag
@@ -36,7 +37,7 @@ def train_domain_injector(domain: str, world: Path, base: Path, mem: Path, amem:
     cfg = load_config(REPO / f"configs/gag/{domain}_stage3_tiny.yaml", [
         f"base={base}", f"out={out / domain}",
         f"alignment.data={world / 'general' / 'align.jsonl'}", f"alignment.memory={amem}",
-        f"domain.data={ddir / 'qa_train.jsonl'}", f"domain.memory={mem}", *(QUICK if quick else []),
+        f"domain.data={ddir / 'qa_train.jsonl'}", f"domain.memory={mem}", *overrides,
     ], expect=Stage3Config)
     h = inputs_hash(cfg, mem / "manifest.json", amem / "manifest.json", *sorted(base.glob("*.safetensors")))
     run_dir = Path(cfg.out)
@@ -58,10 +59,12 @@ def train_domain_injector(domain: str, world: Path, base: Path, mem: Path, amem:
             rec.metrics[f"{split}/foreign_value_rate"] = res["foreign_value_rate"]
         # the channel alone: fresh general facts the expert only read (align_dev memories are
         # built with the alignment store), so no expert knowledge is involved
-        align_rows = read_jsonl(world / "general" / "align_dev.jsonl")[:200]
-        res = evaluate_gag(trainer.injector.eval(), trainer.base, MemoryStore(amem), align_rows, "align_fresh", "dev")
-        rows += res["results"]
-        rec.metrics["align_dev/foreign_value_rate"] = res["foreign_value_rate"]
+        align_dev = world / "general" / "align_dev.jsonl"
+        if align_dev.is_file():
+            res = evaluate_gag(trainer.injector.eval(), trainer.base, MemoryStore(amem), read_jsonl(align_dev)[:200],
+                               "align_fresh", "dev")
+            rows += res["results"]
+            rec.metrics["align_dev/foreign_value_rate"] = res["foreign_value_rate"]
     write_jsonl_atomic(run_dir / "eval" / "results.jsonl", rows)
     rec.metrics.update({f"{r['dataset']}/{r['split']}/{r['method']}/{r['metric']}": r["value"] for r in rows})
     rec.write(inputs_hash=h)
@@ -75,7 +78,7 @@ def gag_stage(ctx: DemoContext, out: Path) -> None:
 
     world, base = Path(ctx.artifacts["world"]), Path(ctx.artifacts["foundation"]) / "base"
     jobs = [(d, world, base, Path(ctx.artifacts[f"memory_{d}"]), Path(ctx.artifacts[f"align_memory_{d}"]), out,
-             ctx.quick) for d in DOMAINS]
+             QUICK if ctx.quick else []) for d in DOMAINS]
     all_rows = []
     for domain, run_dir in zip(DOMAINS, run_parallel(train_domain_injector, jobs)):
         rows = list(read_jsonl(run_dir / "eval" / "results.jsonl"))

@@ -52,21 +52,23 @@ def build_store(config_file: Path, overrides: list[str], files: list[Path]) -> t
     return out, stats
 
 
-def build_domain_stores(domain: str, world: Path, expert: Path, out: Path, quick: bool) -> tuple:
-    """One domain's two stores (a worker of `run_parallel`): (domain store, stats, align store)."""
+def build_domain_stores(domain: str, world: Path, expert: Path, out: Path, domain_overrides: list[str],
+                        align_overrides: list[str]) -> tuple:
+    """One domain's two stores (a worker of `run_parallel`; the preset's overrides are passed in,
+    resolved by the caller): (domain store, stats, align store)."""
     weights = sorted(expert.glob("*.safetensors"))
     ddir = world / f"{domain}_domain"
     qfiles = [ddir / f"qa_{s}.jsonl" for s in ("train", "dev", "dev_para")]
     store, stats = build_store(
         REPO / f"configs/gag/{domain}_memory_tiny.yaml",
         [f"expert={expert}", f"out={out / domain}", f"questions=[{', '.join(map(str, qfiles))}]",
-         *(QUICK["domain"] if quick else [])],
+         *domain_overrides],
         [*weights, *qfiles])
-    align = [world / "general" / "align_dev.jsonl", world / "general" / "align.jsonl"]
+    align = [f for f in (world / "general" / "align_dev.jsonl", world / "general" / "align.jsonl") if f.is_file()]
     align_store, _ = build_store(
         REPO / f"configs/gag/{domain}_align_memory_tiny.yaml",
         [f"expert={expert}", f"out={out / f'{domain}_align'}", f"questions=[{', '.join(map(str, align))}]",
-         *(QUICK["align"] if quick else [])],
+         *align_overrides],
         [*weights, *align])
     return store, stats, align_store
 
@@ -76,15 +78,17 @@ def memory_stage(ctx: DemoContext, out: Path) -> None:
     from kinject.demo import run_parallel
 
     world = Path(ctx.artifacts["world"])
-    jobs = [(d, world, Path(ctx.artifacts[f"expert_{d}"]), out, ctx.quick) for d in DOMAINS]
+    preset = (QUICK["domain"], QUICK["align"]) if ctx.quick else ([], [])
+    jobs = [(d, world, Path(ctx.artifacts[f"expert_{d}"]), out, *preset) for d in DOMAINS]
     for domain, (store, stats, align_store) in zip(DOMAINS, run_parallel(build_domain_stores, jobs)):
         ctx.artifacts[f"memory_{domain}"] = store
         ctx.artifacts[f"align_memory_{domain}"] = align_store
         if stats:
             ctx.summary[f"memory {domain}: samples/s, generated tokens/s"] = (
                 f"{stats['samples_per_s']}, {stats['tokens_per_s']}")
-        ctx.summary[f"memory {domain}: dev backgrounds stating the gold value"] = round(
-            background_hit_rate(store, world / f"{domain}_domain" / "qa_dev.jsonl"), 3)
+        if (world / f"{domain}_domain" / "qa_dev.jsonl").is_file():
+            ctx.summary[f"memory {domain}: dev backgrounds stating the gold value"] = round(
+                background_hit_rate(store, world / f"{domain}_domain" / "qa_dev.jsonl"), 3)
 
 
 def background_hit_rate(store: Path, questions: Path) -> float:
