@@ -64,7 +64,7 @@ def test_tiny_sizes_and_schemas(tiny_world):
             assert r["entity"] in r["background"] and r["output"] in r["background"]
             assert len(r["output"].split()) <= 4  # short answers: EM is meaningful
         kb = read_jsonl(w / f"{dom}_domain/knowledge_base.jsonl")
-        assert len(kb) == 150 * 6
+        assert len(kb) == 150 * 12  # private.dapt_paraphrases in configs/world/tiny.yaml
     wiki = read_jsonl(w / "wiki/qa_train.jsonl") + read_jsonl(w / "wiki/qa_test.jsonl")
     two = [r for r in wiki if r["hops"] == 2]
     assert len(two) == 400 and {r["popularity"] for r in wiki} == {"popular", "longtail"}
