@@ -14,13 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
-
 from kinject.baselines.config import LoraBaselineConfig
 from kinject.errors import UserError
-from kinject.runs import RunRecorder, inputs_hash, is_complete
-
-console = Console(stderr=True)
+from kinject.runs import RunRecorder, inputs_hash
 
 
 def lora_conversations(rows: list[dict]) -> list[list[dict]]:
@@ -66,27 +62,24 @@ def peft_config(cfg: LoraBaselineConfig, model):
 
 def run_lora(cfg: LoraBaselineConfig, force: bool = False) -> Path:
     """Train (or skip when complete with the same inputs, or resume) -> the adapter directory."""
-    from transformers import AutoConfig
     from trl import SFTConfig, SFTTrainer
 
     from kinject.expert.training import (
-    check_context,
-    finish_run,
-    make_progress_callback,
-    open_run,
-    training_kwargs,
-)
+        checked_model_dir,
+        finish_run,
+        make_progress_callback,
+        open_run,
+        training_kwargs,
+        up_to_date,
+    )
     from kinject.io import require_file
-    from kinject.models import check_model_dir
 
     out = Path(cfg.out)
-    base = check_model_dir(cfg.base, need_tokenizer=True)
+    base = checked_model_dir(cfg.base, cfg.max_length, "max_length")
     require_file(cfg.data, "QA train file (build the world with `kinject world build`)")
     h = lora_inputs_hash(cfg)
-    if not force and is_complete(out, h):
-        console.print(f"[dim]baselines lora: {out} is up to date (inputs unchanged), skipping[/dim]")
+    if up_to_date(out, h, force, "baselines lora"):
         return out
-    check_context(AutoConfig.from_pretrained(str(base), local_files_only=True), cfg.max_length, "max_length")
     train_ds, val_ds = lora_datasets(cfg)
     rec = RunRecorder(out, "baselines lora", cfg, seed=cfg.seed)
     rec.extra["data"] = {"train_examples": len(train_ds), "val_examples": len(val_ds)}

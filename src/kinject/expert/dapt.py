@@ -12,8 +12,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
-
 from kinject.errors import UserError
 from kinject.expert.config import DaptConfig
 from kinject.expert.data import (
@@ -26,17 +24,15 @@ from kinject.expert.data import (
     tokenize_documents,
 )
 from kinject.expert.training import (
-    check_context,
+    checked_model_dir,
     finish_run,
     make_probe_callback,
     make_progress_callback,
     open_run,
     training_kwargs,
+    up_to_date,
 )
-from kinject.models import check_model_dir
-from kinject.runs import RunRecorder, inputs_hash, is_complete
-
-console = Console(stderr=True)
+from kinject.runs import RunRecorder, inputs_hash
 
 
 @dataclass
@@ -86,17 +82,15 @@ def dapt_inputs_hash(cfg: DaptConfig) -> str:
 def run_dapt(cfg: DaptConfig, force: bool = False, callbacks: list | None = None) -> Path:
     """Train; return the output directory. Skips when `<out>` is complete for the same inputs."""
     from datasets import Dataset
-    from transformers import AutoConfig, Trainer, TrainingArguments, default_data_collator
+    from transformers import Trainer, TrainingArguments, default_data_collator
 
     out = Path(cfg.out)
     h = dapt_inputs_hash(cfg)
-    if not force and is_complete(out, h):
-        console.print(f"[dim]expert dapt: {out} is up to date (inputs unchanged), skipping[/dim]")
+    if up_to_date(out, h, force, "expert dapt"):
         return out
 
     # validate everything before anything is written
-    model_dir = check_model_dir(cfg.model, need_tokenizer=True)
-    check_context(AutoConfig.from_pretrained(str(model_dir), local_files_only=True), cfg.block_size, "block_size")
+    model_dir = checked_model_dir(cfg.model, cfg.block_size, "block_size")
     from kinject.models import load_tokenizer
 
     tok = load_tokenizer(model_dir)

@@ -12,23 +12,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
-
 from kinject.expert.config import SftConfig
 from kinject.expert.data import holdout, load_qa, sft_conversations
 from kinject.expert.evaluate import most_common_instruction
 from kinject.expert.training import (
-    check_context,
+    checked_model_dir,
     finish_run,
     make_probe_callback,
     make_progress_callback,
     open_run,
     training_kwargs,
+    up_to_date,
 )
-from kinject.models import check_model_dir
-from kinject.runs import RunRecorder, inputs_hash, is_complete
-
-console = Console(stderr=True)
+from kinject.runs import RunRecorder, inputs_hash
 
 
 def template_kwargs(cfg: SftConfig) -> dict:
@@ -83,16 +79,13 @@ def make_sft_trainer(cfg: SftConfig, model, tok, train_ds, val_ds, work: Path, c
 
 
 def run_sft(cfg: SftConfig, force: bool = False, callbacks: list | None = None) -> Path:
-    from transformers import AutoConfig
 
     out = Path(cfg.out)
     h = sft_inputs_hash(cfg)
-    if not force and is_complete(out, h):
-        console.print(f"[dim]expert sft: {out} is up to date (inputs unchanged), skipping[/dim]")
+    if up_to_date(out, h, force, "expert sft"):
         return out
 
-    model_dir = check_model_dir(cfg.model, need_tokenizer=True)
-    check_context(AutoConfig.from_pretrained(str(model_dir), local_files_only=True), cfg.max_length, "max_length")
+    model_dir = checked_model_dir(cfg.model, cfg.max_length, "max_length")
     train_ds, val_ds, instruction = sft_datasets(cfg)
 
     rec = RunRecorder(out, "expert sft", cfg, seed=cfg.seed)

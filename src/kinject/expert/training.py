@@ -222,6 +222,29 @@ def _step_of(checkpoint: str | None) -> int | None:
         return None
 
 
+def up_to_date(out: Path, inputs_hash: str, force: bool, label: str) -> bool:
+    """True (and says so) when `out` is complete for these inputs and no rerun is forced."""
+    from kinject.runs import is_complete
+
+    if force or not is_complete(out, inputs_hash):
+        return False
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[dim]{label}: {out} is up to date (inputs unchanged), skipping[/dim]")
+    return True
+
+
+def checked_model_dir(path: str, length: int, what: str) -> Path:
+    """A local model dir with a tokenizer whose context holds `length` tokens (else UserError)."""
+    from transformers import AutoConfig
+
+    from kinject.models import check_model_dir
+
+    model_dir = check_model_dir(path, need_tokenizer=True)
+    check_context(AutoConfig.from_pretrained(str(model_dir), local_files_only=True), length, what)
+    return model_dir
+
+
 def check_context(model_config, length: int, what: str) -> None:
     ctx = getattr(model_config, "max_position_embeddings", None)
     if ctx is not None and length > ctx:
