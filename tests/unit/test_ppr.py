@@ -340,3 +340,19 @@ def test_shipped_configs_load():
     assert cfgs["paper"].encoder.kind == "hf-mean" and cfgs["paper"].k == 32
     # tiny: the default encoder with exemplar banks (k above the tiny world's offline questions)
     assert cfgs["tiny"].encoder == PPRConfig().encoder and cfgs["tiny"].k >= 1200
+
+
+def test_memo_encoder_encodes_each_text_once_and_returns_the_same_vectors(tiny_model_dir):
+    from kinject.ppr.encoders import MemoEncoder
+
+    enc = load_encoder(EncoderConfig(kind="hf-mean", path=str(tiny_model_dir), batch_size=4))
+    calls: list[int] = []
+    inner_encode = enc.encode
+    enc.encode = lambda texts, progress=False: calls.append(len(texts)) or inner_encode(texts, progress)
+    memo = MemoEncoder(enc)
+    texts = ["Which lab made Dremvam-1?", "Where is Norland?", "Which lab made Dremvam-1?"]
+    first = memo.encode(texts)
+    again = memo.encode(["Where is Norland?", "A new question?"])
+    assert calls == [2, 1]  # duplicates and already-seen texts are not encoded again
+    assert np.allclose(first, inner_encode(texts), atol=1e-6)
+    assert np.allclose(again[0], first[1]) and memo.id == enc.id and memo.encode([]).shape == (0, enc.dim)

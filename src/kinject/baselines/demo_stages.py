@@ -18,7 +18,8 @@ DOMAINS = ("materials", "adjuvant")
 QUICK = ["train.max_steps=60", "train.eval_steps=30"]
 
 
-@stage("baselines", order=75, help="LoRA baseline: the base fine-tuned on each private domain's QA train split")
+@stage("baselines", order=75, help="LoRA baseline: the base fine-tuned on each private domain's QA train split",
+       lane="side")
 def baselines_stage(ctx: DemoContext, out: Path) -> None:
     import json
 

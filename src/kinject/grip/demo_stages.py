@@ -17,7 +17,7 @@ def _value(rows: list[dict], method: str, dataset: str, metric: str) -> float | 
                  if (r["method"], r["dataset"], r["metric"]) == (method, dataset, metric)), None)
 
 
-@stage("grip", order=80, help="GRIP: pattern A-D synthesis, SFT, agent eval vs base and RAG k=3")
+@stage("grip", order=80, help="GRIP: pattern A-D synthesis, SFT, agent eval vs base and RAG k=3", lane="side")
 def grip_stage(ctx: DemoContext, out: Path) -> None:
     from kinject.config import load_config
     from kinject.grip.config import GripEvalConfig, GripSftConfig, GripSynthConfig

@@ -65,6 +65,29 @@ def load_encoder(cfg: EncoderConfig) -> Encoder:
     return ENCODERS[cfg.kind](cfg)
 
 
+class MemoEncoder:
+    """An encoder that remembers the vector of every text it has encoded. For work that encodes
+    the same questions several times (building banks and then re-building them in the
+    plug-and-play check, evaluating one question set three times); never for timing runs."""
+
+    def __init__(self, encoder: Encoder):
+        self.inner = encoder
+        self.id, self.kind, self.dim = encoder.id, encoder.kind, encoder.dim
+        self.max_length, self.config = encoder.max_length, encoder.config
+        self._seen: dict[str, np.ndarray] = {}
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        return self.inner.token_counts(texts)
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        new = list(dict.fromkeys(t for t in texts if t not in self._seen))
+        if new:
+            self._seen.update(zip(new, self.inner.encode(new, progress=progress)))
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._seen[t] for t in texts]).astype(np.float32, copy=False)
+
+
 def parse_encoder(spec: str, base: EncoderConfig | None = None) -> EncoderConfig:
     """`--encoder` value -> config. Forms: a registered name (`sentence-transformers`),
     `NAME:PATH`, `minilm`, or a local PATH (a Sentence-Transformers dir if it has

@@ -192,9 +192,10 @@ def plug_and_play(domains: list[tuple[str, Path]], data: list[LabelledQuestion],
     remaining domains one by one (`add_domain`, no rebuild) and evaluate the same questions
     again. The drop, in accuracy points, must stay small: existing banks are not touched."""
     from kinject.ppr.banks import add_domain, build_banks
-    from kinject.ppr.encoders import load_encoder
+    from kinject.ppr.encoders import MemoEncoder, load_encoder
 
-    encoder = encoder or load_encoder(cfg.encoder)
+    # the same questions are encoded for three evaluations and the banks: once is enough
+    encoder = MemoEncoder(encoder or load_encoder(cfg.encoder))
     first, rest = domains[:n_initial], domains[n_initial:]
     names = {n for n, _ in first}
     subset = [d for d in data if d.label in names]
