@@ -98,14 +98,11 @@ class InjectedBase:
         rows, labels = [], []
         instructions = instructions or [None] * len(questions)
         for q, a, ins in zip(questions, answers, instructions, strict=True):
-            # the prompt with its assistant prefix, then the answer: exactly what the chat template
-            # renders for with_answer(...) (checked by a unit test)
-            p = self.tokenizer(self.prompt_text(q, ins), add_special_tokens=False)["input_ids"]
-            ans = self.tokenizer(a, add_special_tokens=False)["input_ids"] + [self.end_id]
+            p, ans = self._train_tokens(q, a, ins)
             if len(p) >= max_length:
                 raise UserError(f"GAG prompt of {len(p)} tokens does not fit max_length {max_length}: {q[:60]!r}")
-            ans = ans[: max_length - len(p)]
-            rows.append(p + ans)
+            ans = list(ans[: max_length - len(p)])
+            rows.append(list(p) + ans)
             labels.append([-100] * len(p) + ans)
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -116,6 +113,17 @@ class InjectedBase:
             mask[i, : len(r)] = 1
             lab[i, : len(r)] = torch.tensor(lb)
         return TrainBatch(ids, mask, lab)
+
+    def _train_tokens(self, question: str, answer: str, instruction: str | None) -> tuple[tuple, tuple]:
+        """(prompt ids with the assistant prefix, answer ids + end of turn): exactly what the chat
+        template renders for with_answer(...) (checked by a unit test). Memoized: a training run
+        revisits each row every epoch and rendering the template dominated the batch preparation."""
+        key = (question, answer, instruction)
+        cache = self.__dict__.setdefault("_token_cache", {})
+        if key not in cache:
+            p = self.tokenizer(self.prompt_text(question, instruction), add_special_tokens=False)["input_ids"]
+            cache[key] = (tuple(p), tuple(self.tokenizer(answer, add_special_tokens=False)["input_ids"]) + (self.end_id,))
+        return cache[key]
 
     def full_text(self, question: str, answer: str) -> str:
         return render(self.tokenizer, with_answer(gag_messages(question, self.num_slots, self.instruction), answer),
@@ -139,6 +147,20 @@ class InjectedBase:
         batch = batch.to(self.device)
         return self.model(inputs_embeds=self.embed(batch.input_ids, z), attention_mask=batch.attention_mask,
                           output_hidden_states=hidden, use_cache=False)
+
+    def final_states(self, z: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+        """The decoder's final (normed) states `[B, T, d]` on the injected embeddings, without the
+        LM head: training scores only the answer positions (`answer_logits`), a few percent of T,
+        so the full-vocabulary projection of every prompt position is skipped."""
+        batch = batch.to(self.device)
+        return self.model.get_decoder()(inputs_embeds=self.embed(batch.input_ids, z),
+                                        attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+
+    def answer_logits(self, states: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, targets) of the labelled next-token predictions only: `[N, V]`, `[N]`."""
+        labels = labels.to(states.device)
+        pred = labels[:, 1:] != -100
+        return self.model.get_output_embeddings()(states[:, :-1][pred]), labels[:, 1:][pred]
 
     @torch.no_grad()
     def generate(self, questions: Sequence[str], z: torch.Tensor, max_new_tokens: int = 32,
