@@ -72,6 +72,21 @@ def test_encode_train_matches_chat_template_and_labels_answer_plus_eot(injected)
     assert int(tb.attention_mask[0].sum()) < tb.input_ids.shape[1] or int(tb.attention_mask[2].sum()) < tb.input_ids.shape[1]
 
 
+def test_answer_only_logits_equal_the_full_forward(injected):
+    """Training skips the LM head on prompt positions: same NLL, same final states as the full forward."""
+    from kinject.gag.losses import nll_loss
+
+    tb = injected.encode_train(QUESTIONS, ["Velmora.", "93.5 percent", "Ferovia-7"])
+    z = torch.randn(3, 4, 64)
+    full = injected.forward(z, tb, hidden=True)
+    states = injected.final_states(z, tb)
+    logits, gold = injected.answer_logits(states, tb.labels)
+    torch.testing.assert_close(states, full.hidden_states[-1])
+    assert logits.shape == (int(tb.answer_mask.sum()), full.logits.shape[-1])
+    torch.testing.assert_close(torch.nn.functional.cross_entropy(logits.float(), gold), nll_loss(full.logits, tb.labels))
+    assert injected.encode_train(QUESTIONS, ["Velmora.", "93.5 percent", "Ferovia-7"]).input_ids.equal(tb.input_ids)
+
+
 def test_embed_overwrites_only_placeholders_in_slot_order(injected):
     tb = injected.encode_train(QUESTIONS[:2], ["a", "b"])
     z = torch.randn(2, 4, 64, requires_grad=True)
