@@ -82,7 +82,7 @@ def stage3_losses(injector: Injector, base: InjectedBase, rows: list[dict], stor
                   targets: torch.Tensor | None, w_sem: float, w_div: float, max_length: int = 512) -> dict:
     """All loss terms for one batch of rows (`id, question, answer`, optional `instruction`)."""
     z = injector(**memory_batch(injector, store, [r["id"] for r in rows]))
-    tb = base.encode_train([r["question"] for r in rows], [r["answer"] for r in rows], max_length,
+    tb = base.encode_train_split([r["question"] for r in rows], [r["answer"] for r in rows], max_length,
                            [r.get("instruction") for r in rows]).to(base.device)
     use_sem = w_sem > 0 and injector.semantic_head is not None and targets is not None
     states = base.final_states(z.to(base.device), tb)
