@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from kinject.gag.base import InjectedBase, ensure_gag_token
+from kinject.gag.losses import masked_mean
 from kinject.generation import generate_texts
 from kinject.models import load_causal_lm
 from kinject.tokenizer import GAG_TOKEN
@@ -70,6 +71,40 @@ def test_encode_train_matches_chat_template_and_labels_answer_plus_eot(injected)
         assert lab == tok(a, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
         assert (tb.input_ids[i] == injected.gag_id).sum() == 4
     assert int(tb.attention_mask[0].sum()) < tb.input_ids.shape[1] or int(tb.attention_mask[2].sum()) < tb.input_ids.shape[1]
+
+
+def test_answer_only_logits_equal_the_full_forward(injected):
+    """Training skips the LM head on prompt positions: same NLL, same final states as the full forward."""
+    from kinject.gag.losses import nll_loss
+
+    tb = injected.encode_train(QUESTIONS, ["Velmora.", "93.5 percent", "Ferovia-7"])
+    z = torch.randn(3, 4, 64)
+    full = injected.forward(z, tb, hidden=True)
+    states = injected.final_states(z, tb)
+    logits, gold = injected.answer_logits(states, tb.labels)
+    torch.testing.assert_close(states, full.hidden_states[-1])
+    assert logits.shape == (int(tb.answer_mask.sum()), full.logits.shape[-1])
+    torch.testing.assert_close(torch.nn.functional.cross_entropy(logits.float(), gold), nll_loss(full.logits, tb.labels))
+    assert injected.encode_train(QUESTIONS, ["Velmora.", "93.5 percent", "Ferovia-7"]).input_ids.equal(tb.input_ids)
+
+
+def test_split_batch_prefix_cache_gives_the_same_loss_states_and_slot_gradients(injected):
+    """Training runs the prompt before the first <GAG> without a graph (left padded, cached) and only
+    the rest with gradients: the loss, the answer states and dL/dz equal the one-pass forward's."""
+    answers = ["Velmora.", "93.5 percent", "Ferovia-7"]
+    tb, sb = injected.encode_train(QUESTIONS, answers), injected.encode_train_split(QUESTIONS, answers)
+    assert (sb.prefix_ids == injected.gag_id).sum() == 0 and (sb.input_ids[:, :4] == injected.gag_id).all()
+    assert int(sb.prefix_mask.sum() + sb.attention_mask.sum()) == int(tb.attention_mask.sum())
+    assert bool((sb.prefix_mask[:, -1] == 1).all()) and not bool((sb.prefix_mask[:, 0] == 1).all())  # left padded
+    z = torch.randn(3, 4, 64, requires_grad=True)
+    out = []
+    for b in (tb, sb):
+        states = injected.final_states(z, b)
+        logits, gold = injected.answer_logits(states, b.labels)
+        loss = torch.nn.functional.cross_entropy(logits.float(), gold)
+        out.append((loss, masked_mean(states, b.answer_mask), torch.autograd.grad(loss, z)[0]))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_embed_overwrites_only_placeholders_in_slot_order(injected):

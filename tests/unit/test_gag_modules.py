@@ -134,3 +134,17 @@ def test_injector_init_is_seeded_and_leaves_global_rng_alone():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     c = Injector(cfg(), seed=5)
     assert not torch.equal(a.projector.proj.weight, c.projector.proj.weight)
+
+
+def test_semantic_encoder_encodes_each_distinct_text_once():
+    from kinject.gag.encoder import SemanticEncoder
+
+    enc = SemanticEncoder()
+    calls = []
+    real = enc.model.encode
+    enc.model.encode = lambda texts, **kw: calls.append(list(texts)) or real(texts, **kw)
+    texts = ["1973", "TLR4", "1973", "970 K", "TLR4"]
+    got = enc.encode(texts)
+    assert calls == [["1973", "TLR4", "970 K"]] and got.shape == (5, enc.dim)
+    torch.testing.assert_close(got[0], got[2])
+    torch.testing.assert_close(got, real(texts, convert_to_tensor=True).float(), atol=1e-5, rtol=1e-4)

@@ -49,6 +49,31 @@ class TrainBatch:
         return TrainBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
 
 
+@dataclass
+class SplitTrainBatch(TrainBatch):
+    """A TrainBatch cut at the first `<GAG>`: the prefix (left padded) does not depend on the
+    slots, so it runs once without a graph and only the suffix (slots, assistant prefix, answer;
+    right padded, in `input_ids`/`attention_mask`/`labels`) runs with gradients."""
+
+    prefix_ids: torch.Tensor | None = None  # [B, P] left padded
+    prefix_mask: torch.Tensor | None = None
+
+    def to(self, device) -> SplitTrainBatch:
+        return SplitTrainBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
+                               self.prefix_ids.to(device), self.prefix_mask.to(device))
+
+
+def _pad(rows: list[list[int]], value: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        sl = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, sl] = torch.tensor(r, dtype=torch.long)
+        mask[i, sl] = 1
+    return ids, mask
+
+
 class InjectedBase:
     def __init__(self, model, tokenizer, num_slots: int, instruction: str = "", say=None):
         if num_slots < 1:
@@ -98,14 +123,11 @@ class InjectedBase:
         rows, labels = [], []
         instructions = instructions or [None] * len(questions)
         for q, a, ins in zip(questions, answers, instructions, strict=True):
-            # the prompt with its assistant prefix, then the answer: exactly what the chat template
-            # renders for with_answer(...) (checked by a unit test)
-            p = self.tokenizer(self.prompt_text(q, ins), add_special_tokens=False)["input_ids"]
-            ans = self.tokenizer(a, add_special_tokens=False)["input_ids"] + [self.end_id]
+            p, ans = self._train_tokens(q, a, ins)
             if len(p) >= max_length:
                 raise UserError(f"GAG prompt of {len(p)} tokens does not fit max_length {max_length}: {q[:60]!r}")
-            ans = ans[: max_length - len(p)]
-            rows.append(p + ans)
+            ans = list(ans[: max_length - len(p)])
+            rows.append(list(p) + ans)
             labels.append([-100] * len(p) + ans)
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -116,6 +138,36 @@ class InjectedBase:
             mask[i, : len(r)] = 1
             lab[i, : len(r)] = torch.tensor(lb)
         return TrainBatch(ids, mask, lab)
+
+    def _train_tokens(self, question: str, answer: str, instruction: str | None) -> tuple[tuple, tuple]:
+        """(prompt ids with the assistant prefix, answer ids + end of turn): exactly what the chat
+        template renders for with_answer(...) (checked by a unit test). Memoized: a training run
+        revisits each row every epoch and rendering the template dominated the batch preparation."""
+        key = (question, answer, instruction)
+        cache = self.__dict__.setdefault("_token_cache", {})
+        if key not in cache:
+            p = self.tokenizer(self.prompt_text(question, instruction), add_special_tokens=False)["input_ids"]
+            cache[key] = (tuple(p), tuple(self.tokenizer(answer, add_special_tokens=False)["input_ids"]) + (self.end_id,))
+        return cache[key]
+
+    def encode_train_split(self, questions: Sequence[str], answers: Sequence[str], max_length: int = 512,
+                           instructions: Sequence[str | None] | None = None) -> SplitTrainBatch:
+        """`encode_train`'s rows cut at the first `<GAG>` (see SplitTrainBatch)."""
+        pre, suf, lab = [], [], []
+        instructions = instructions or [None] * len(questions)
+        for q, a, ins in zip(questions, answers, instructions, strict=True):
+            p, ans = self._train_tokens(q, a, ins)
+            if len(p) >= max_length:
+                raise UserError(f"GAG prompt of {len(p)} tokens does not fit max_length {max_length}: {q[:60]!r}")
+            k = p.index(self.gag_id)
+            ans = list(ans[: max_length - len(p)])
+            pre.append(list(p[:k]))
+            suf.append(list(p[k:]) + ans)
+            lab.append([-100] * (len(p) - k) + ans)
+        prefix_ids, prefix_mask = _pad(pre, self.tokenizer.pad_token_id, left=True)
+        input_ids, mask = _pad(suf, self.tokenizer.pad_token_id)
+        labels, _ = _pad(lab, -100)
+        return SplitTrainBatch(input_ids, mask, labels, prefix_ids, prefix_mask)
 
     def full_text(self, question: str, answer: str) -> str:
         return render(self.tokenizer, with_answer(gag_messages(question, self.num_slots, self.instruction), answer),
@@ -139,6 +191,30 @@ class InjectedBase:
         batch = batch.to(self.device)
         return self.model(inputs_embeds=self.embed(batch.input_ids, z), attention_mask=batch.attention_mask,
                           output_hidden_states=hidden, use_cache=False)
+
+    def final_states(self, z: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+        """The decoder's final (normed) states `[B, T, d]` on the injected embeddings, without the
+        LM head: training scores only the answer positions (`answer_logits`), a few percent of T,
+        so the full-vocabulary projection of every prompt position is skipped."""
+        batch = batch.to(self.device)
+        decoder = self.model.get_decoder()
+        if isinstance(batch, SplitTrainBatch):
+            # the prefix's keys/values once, without a graph; RoPE scores depend on relative
+            # positions only, so its left padding leaves the real tokens' states unchanged
+            with torch.no_grad():
+                cache = decoder(input_ids=batch.prefix_ids, attention_mask=batch.prefix_mask,
+                                use_cache=True).past_key_values
+            mask = torch.cat([batch.prefix_mask, batch.attention_mask], dim=1)
+            return decoder(inputs_embeds=self.embed(batch.input_ids, z), attention_mask=mask,
+                           past_key_values=cache, use_cache=True).last_hidden_state
+        return decoder(inputs_embeds=self.embed(batch.input_ids, z), attention_mask=batch.attention_mask,
+                       use_cache=False).last_hidden_state
+
+    def answer_logits(self, states: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, targets) of the labelled next-token predictions only: `[N, V]`, `[N]`."""
+        labels = labels.to(states.device)
+        pred = labels[:, 1:] != -100
+        return self.model.get_output_embeddings()(states[:, :-1][pred]), labels[:, 1:][pred]
 
     @torch.no_grad()
     def generate(self, questions: Sequence[str], z: torch.Tensor, max_new_tokens: int = 32,

@@ -1,4 +1,4 @@
-"""`kinject gag train|answer`."""
+"""`kinject gag train|answer|eval|ablate`."""
 
 from __future__ import annotations
 
@@ -103,6 +103,21 @@ def eval_cmd(
         typer.echo(f"{r['method']:<20} {r['dataset']:<12} {r['split']:<9} {r['metric']:<11} {r['value']:.4f}  n={r['n']}")
     if res["foreign_value_rate"] is not None:
         typer.echo(f"foreign memories: answer = the other question's value in {res['foreign_value_rate']:.2%}")
+
+
+@gag_app.command("ablate")
+def ablate_cmd(
+    config: Annotated[Path, typer.Option("--config", "-c", help="gag_ablation YAML")],
+    overrides: Overrides = None,
+) -> None:
+    """Ablations of the losses and the number of slots: one injector per (domain, variant), scored on dev."""
+    from kinject.config import load_config
+    from kinject.gag.ablations import GagAblationConfig, run_ablations
+
+    cfg = load_config(config, overrides or [], expect=GagAblationConfig)
+    run_ablations(cfg, say=_say)
+    typer.echo((Path(cfg.out) / "table.md").read_text())
+    typer.echo(f"results in {Path(cfg.out) / 'results.jsonl'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,7 @@ from kinject.demo import DemoContext, stage
 
 REPO = Path(__file__).resolve().parents[3]
 DOMAINS = ("materials", "adjuvant")
-QUICK = ["alignment.steps=400", "alignment.limit=4000", "domain.steps=100"]  # memory QUICK builds 500 dev + 4000 align items
+QUICK = ["alignment.steps=250", "alignment.limit=4000", "domain.steps=60"]  # memory QUICK builds 500 dev + 4000 align items
 SPLITS = {"dev": "{d}", "dev_para": "{d}_para"}  # world split -> results dataset name
 
 

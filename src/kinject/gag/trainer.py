@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from kinject.errors import UserError
 from kinject.gag.base import InjectedBase
 from kinject.gag.config import PhaseConfig, Stage3Config
 from kinject.gag.injector import Injector, InjectorConfig, memory_batch
-from kinject.gag.losses import diversity_loss, masked_mean, nll_loss, semantic_loss
+from kinject.gag.losses import diversity_loss, masked_mean, semantic_loss
 from kinject.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from kinject.memory.store import MemoryStore, item_id, row_question
 
@@ -81,13 +82,14 @@ def stage3_losses(injector: Injector, base: InjectedBase, rows: list[dict], stor
                   targets: torch.Tensor | None, w_sem: float, w_div: float, max_length: int = 512) -> dict:
     """All loss terms for one batch of rows (`id, question, answer`, optional `instruction`)."""
     z = injector(**memory_batch(injector, store, [r["id"] for r in rows]))
-    tb = base.encode_train([r["question"] for r in rows], [r["answer"] for r in rows], max_length,
+    tb = base.encode_train_split([r["question"] for r in rows], [r["answer"] for r in rows], max_length,
                            [r.get("instruction") for r in rows]).to(base.device)
     use_sem = w_sem > 0 and injector.semantic_head is not None and targets is not None
-    out = base.forward(z.to(base.device), tb, hidden=use_sem)
-    nll = nll_loss(out.logits, tb.labels).to(injector.device)
+    states = base.final_states(z.to(base.device), tb)
+    logits, gold = base.answer_logits(states, tb.labels)
+    nll = F.cross_entropy(logits.float(), gold).to(injector.device)  # = nll_loss on the full logits
     if use_sem:
-        pooled = masked_mean(out.hidden_states[-1], tb.answer_mask).to(injector.device)
+        pooled = masked_mean(states, tb.answer_mask).to(injector.device)
         sem = semantic_loss(injector.semantic_head(pooled), targets)
     else:
         sem = torch.zeros((), device=injector.device)
