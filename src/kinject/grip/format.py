@@ -69,25 +69,37 @@ def format_references(passages: Sequence[str]) -> str:
     return "\n".join(reversed(lines))
 
 
-def round_content(query: str, intermediary: str = "", references: Sequence[str] = (),
-                  force_answer: bool = False) -> str:
-    """The user message of one round: instruction + the three slots of SPEC-GRIP."""
-    lines = [INSTRUCTION]
-    if force_answer:
-        lines.append(FORCE_INSTRUCTION)
-    lines += [
-        f"Original Query: {_squash(query)}",
-        f"Intermediary: {strip_control(intermediary)}",
-        "Reference Text:",
-    ]
+def round_content(query: str, intermediary: str = "", references: Sequence[str] = ()) -> str:
+    """The user message of one round: the three slots of SPEC-GRIP in the base's own QA prompts.
+
+    The `Original Query` slot is written `Question:` and a round with empty slots is exactly the
+    closed-book prompt (`prompts.general_messages`); filled slots follow the RAG prompt's request
+    (`prompts.KNOWLEDGE_REQUEST`) with `Intermediary:` / `Reference Text:` lines. Why: a small base
+    recalls a fact only from the prompt it learned it under. Measured on the tiny world's base
+    (popular wiki test, closed-book EM): closed-book prompt 1.000; the same prompt followed by empty
+    `Intermediary:` / `Reference Text:` lines 0.019; the instruction before the question 0.802,
+    after it 0.000, as a system message 1.000 (hence `round_messages`). Reading is label-blind
+    (RAG top-1 on 1-hop: 0.576-0.584 for `Knowledge:` / `Reference Text:` / with an intermediary)."""
+    from kinject.prompts import GENERAL_REQUEST, KNOWLEDGE_REQUEST
+
+    intermediary = strip_control(intermediary)
+    if not intermediary and not references:
+        return f"{GENERAL_REQUEST}\nQuestion: {_squash(query)}"
+    lines = [KNOWLEDGE_REQUEST, f"Question: {_squash(query)}"]
+    if intermediary:
+        lines.append(f"Intermediary: {intermediary}")
     if references:
-        lines.append(format_references([strip_control(p) for p in references]))
+        lines += ["Reference Text:", format_references([strip_control(p) for p in references])]
     return "\n".join(lines)
 
 
 def round_messages(query: str, intermediary: str = "", references: Sequence[str] = (),
                    force_answer: bool = False) -> list[dict]:
-    return [{"role": "user", "content": round_content(query, intermediary, references, force_answer)}]
+    """System message = the fixed instruction (how to use the two turn forms; the forced last
+    round adds that it must answer), user message = `round_content`."""
+    system = f"{INSTRUCTION} {FORCE_INSTRUCTION}" if force_answer else INSTRUCTION
+    return [{"role": "system", "content": system},
+            {"role": "user", "content": round_content(query, intermediary, references)}]
 
 
 def assistant_prefill(force_answer: bool) -> str:
