@@ -78,7 +78,7 @@ def test_budget_forces_answer_and_falls_back_to_intermediary():
     agent.generate_fn = lambda ps: (prompts.extend(ps), gen(ps))[1]
     ep = agent.run(["Q3"])[0]
     assert ep.n_retrievals == 3 and len(ep.steps) == 4
-    assert "must answer" in prompts[-1] and prompts[-1].endswith("[ANSWER]")
+    assert "must answer now" in prompts[-1] and prompts[-1].endswith("[ANSWER]")
     assert ep.answer == "fact 2"  # empty forced answer -> last intermediary
     assert ep.step_answers == ["fact 0", "fact 1", "fact 2", "fact 2"]
 

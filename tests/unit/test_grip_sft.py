@@ -129,3 +129,18 @@ def test_turns_have_no_lone_space_token_before_a_marker(tiny_tokenizer):
         for a, b in zip(pieces, pieces[1:], strict=False):
             if b in ("[SOLVED]", "[RETRIEVE]"):
                 assert a.strip("Ġ "), f"lone space before {b} in {pieces}"
+
+
+def test_turn_text_tokenizes_as_a_closed_book_answer(tiny_tokenizer):
+    """After a marker the answer / query tokenizes exactly as at the start of an assistant turn,
+    i.e. as the base's closed-book answers (`Qu asto`, not ` Quasto`; no lone ` ` before digits)."""
+    from kinject.grip.format import ANSWER, INTERMEDIARY, RETRIEVE, SOLVED
+
+    def ids(text):
+        return tiny_tokenizer(text, add_special_tokens=False).input_ids
+
+    marker = {t: ids(t)[0] for t in (ANSWER, SOLVED, INTERMEDIARY, RETRIEVE)}
+    for answer in ("Quasto", "1998", "the eastern continent"):
+        assert ids(final_turn(answer)) == [marker[ANSWER], *ids(answer), marker[SOLVED]]
+    assert ids(plan_turn("1546", "Where is Velmora?")) == [
+        marker[INTERMEDIARY], *ids("1546"), marker[RETRIEVE], *ids("Where is Velmora?")]
