@@ -42,14 +42,14 @@ def scripted(responses):
     def generate(prompts):
         out = []
         for p in prompts:
-            q = p.split("Original Query: ")[1].split("\n")[0]
+            q = p.split("Question: ")[1].split("\n")[0]
             out.append(responses[q].pop(0))
         return out
     return generate
 
 
 def make_agent(responses, rounds=4, index=None):
-    return GripAgent(scripted(responses), lambda msgs: msgs[0]["content"], index or KeywordIndex(PASSAGES),
+    return GripAgent(scripted(responses), lambda msgs: "\n".join(m["content"] for m in msgs), index or KeywordIndex(PASSAGES),
                      AgentSettings(max_rounds=rounds, top_k=2))
 
 
@@ -78,7 +78,7 @@ def test_budget_forces_answer_and_falls_back_to_intermediary():
     agent.generate_fn = lambda ps: (prompts.extend(ps), gen(ps))[1]
     ep = agent.run(["Q3"])[0]
     assert ep.n_retrievals == 3 and len(ep.steps) == 4
-    assert "must answer" in prompts[-1] and prompts[-1].endswith("[ANSWER]")
+    assert "must answer now" in prompts[-1] and prompts[-1].endswith("[ANSWER]")
     assert ep.answer == "fact 2"  # empty forced answer -> last intermediary
     assert ep.step_answers == ["fact 0", "fact 1", "fact 2", "fact 2"]
 
@@ -141,7 +141,7 @@ def test_first_query_question_searches_the_original_question():
     index = KeywordIndex(PASSAGES)
     turns = {"Where is Velmora capital": [plan_turn("?", "garbled Toum"), plan_turn("Velmora", "Norland borders"),
                                           final_turn("Norland")]}
-    agent = GripAgent(scripted(turns), lambda msgs: msgs[0]["content"], index,
+    agent = GripAgent(scripted(turns), lambda msgs: "\n".join(m["content"] for m in msgs), index,
                       AgentSettings(max_rounds=4, top_k=1, first_query="question"))
     ep = agent.run(["Where is Velmora capital"])[0]
     assert index.calls == ["Where is Velmora capital", "Norland borders"]

@@ -3,6 +3,7 @@ from hypothesis import strategies as st
 
 from kinject.grip.format import (
     ANSWER,
+    INSTRUCTION,
     INTERMEDIARY,
     RETRIEVE,
     SOLVED,
@@ -11,8 +12,10 @@ from kinject.grip.format import (
     parse_turn,
     plan_turn,
     round_content,
+    round_messages,
     strip_control,
 )
+from kinject.prompts import KNOWLEDGE_REQUEST, general_messages
 
 free_text = st.text(min_size=0, max_size=60)
 
@@ -40,11 +43,19 @@ def test_parse_edge_cases():
 
 
 def test_round_content_slots():
-    text = round_content("Who?", "partial fact", ["first passage", f"second {SOLVED} passage"], force_answer=True)
-    assert "Original Query: Who?" in text and "Intermediary: partial fact" in text
+    text = round_content("Who?", "partial fact", ["first passage", f"second {SOLVED} passage"])
+    assert text.startswith(KNOWLEDGE_REQUEST) and "Question: Who?" in text and "Intermediary: partial fact" in text
     assert "[2]. second passage\n[1]. first passage" in text  # best passage last
-    assert "must answer" in text
-    assert "Reference Text:" in round_content("Who?") and "[1]." not in round_content("Who?")
+    # empty slots: exactly the base's closed-book prompt (the base recalls facts only under it)
+    assert round_content("Who?") == general_messages("Who?")[0]["content"]
+    assert "Intermediary" not in round_content("Who?", references=["p"])
+
+
+def test_round_messages_instruction_is_the_system_message():
+    plain, forced = round_messages("Who?"), round_messages("Who?", force_answer=True)
+    assert [m["role"] for m in plain] == ["system", "user"] and plain[0]["content"] == INSTRUCTION
+    assert "must answer" in forced[0]["content"] and "must answer" not in plain[0]["content"]
+    assert forced[1] == plain[1]
 
 
 def test_clean_query():

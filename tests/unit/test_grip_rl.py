@@ -70,7 +70,7 @@ class ScriptedSampler(TurnSampler):
 
 
 def question_of(prompt: str) -> str:
-    return prompt.split("Original Query:", 1)[1].split("\n", 1)[0].strip()
+    return prompt.split("Question:", 1)[1].split("\n", 1)[0].split("<|im_end|>", 1)[0].strip()
 
 
 def plan_then_answer(answers):

@@ -129,3 +129,44 @@ def test_turns_have_no_lone_space_token_before_a_marker(tiny_tokenizer):
         for a, b in zip(pieces, pieces[1:], strict=False):
             if b in ("[SOLVED]", "[RETRIEVE]"):
                 assert a.strip("Ġ "), f"lone space before {b} in {pieces}"
+
+
+def test_turn_text_tokenizes_as_a_closed_book_answer(tiny_tokenizer):
+    """After a marker the answer / query tokenizes exactly as at the start of an assistant turn,
+    i.e. as the base's closed-book answers (`Qu asto`, not ` Quasto`; no lone ` ` before digits)."""
+    from kinject.grip.format import ANSWER, INTERMEDIARY, RETRIEVE, SOLVED
+
+    def ids(text):
+        return tiny_tokenizer(text, add_special_tokens=False).input_ids
+
+    marker = {t: ids(t)[0] for t in (ANSWER, SOLVED, INTERMEDIARY, RETRIEVE)}
+    for answer in ("Quasto", "1998", "the eastern continent"):
+        assert ids(final_turn(answer)) == [marker[ANSWER], *ids(answer), marker[SOLVED]]
+    assert ids(plan_turn("1546", "Where is Velmora?")) == [
+        marker[INTERMEDIARY], *ids("1546"), marker[RETRIEVE], *ids("Where is Velmora?")]
+
+
+def test_lora_sft_touches_only_adapters_and_control_rows(tiny_model_dir, tmp_path):
+    """`lora_r`: the saved model is a plain merged checkpoint; of the embedding (tied with the LM
+    head) only the control tokens' rows moved, the linear layers moved (merged adapters)."""
+    import torch
+
+    from kinject.config import load_config
+    from kinject.grip.config import GripSftConfig
+    from kinject.grip.sft import train_sft
+    from kinject.models import load_causal_lm
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    cfg = load_config(None, [f"model={tiny_model_dir}", f"data={data}", f"out={tmp_path / 'm'}", "max_steps=4",
+                             "lr=1e-2", "per_device_batch_size=4", "lora_r=4", "control_init=keep",
+                             "max_length=512"], expect=GripSftConfig)
+    out = train_sft(cfg)
+    base, tok = load_causal_lm(tiny_model_dir, device="cpu", dtype="float32")
+    tuned, _ = load_causal_lm(out, device="cpu", dtype="float32")
+    assert type(tuned) is type(base) and sum(p.numel() for p in tuned.parameters()) == sum(
+        p.numel() for p in base.parameters())
+    moved = (base.get_input_embeddings().weight - tuned.get_input_embeddings().weight).abs().sum(1).nonzero()
+    assert sorted(moved.flatten().tolist()) == sorted(tok.convert_tokens_to_ids(list(CONTROL_TOKENS)))
+    lin = [n for n, _ in base.named_parameters() if n.endswith("q_proj.weight")][0]
+    assert not torch.equal(dict(base.named_parameters())[lin], dict(tuned.named_parameters())[lin])

@@ -96,8 +96,8 @@ def test_build_examples_every_class(mini_world):
     assert d2.intermediary == "Arno Betz was born in Velmora" and d2.reference_ids == ["1"]
     assert d2.target == final_turn("Norland")
     # the prompt is the agent's: the three slots filled from the row
-    content = example_messages(d2.to_json("x"))[0]["content"]
-    assert "Original Query: Which country is the birthplace of Arno Betz in?" in content
+    content = example_messages(d2.to_json("x"))[-1]["content"]
+    assert "Question: Which country is the birthplace of Arno Betz in?" in content
     assert "Intermediary: Arno Betz was born in Velmora" in content and "[1]. Velmora lies in Norland." in content
 
 

@@ -75,6 +75,11 @@ class GripSftConfig(StageConfig):
     # `words`: start the control tokens' embeddings at their words' mean (sft.init_control_embeddings;
     # for a base that never trained them); `keep`: as loaded (continuing from a GRIP checkpoint)
     control_init: Literal["words", "keep"] = "words"
+    # LoRA (PEFT) instead of a full fine-tune: `lora_r` > 0 trains rank-r adapters on every linear
+    # layer plus the control tokens' embedding rows only, then merges them into the saved model
+    lora_r: int = Field(0, ge=0)
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
     epochs: float = 8.0
     max_steps: int = -1  # > 0: stop after this many optimizer steps (overrides epochs)
     lr: float = 1e-6

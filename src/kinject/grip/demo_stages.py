@@ -42,7 +42,7 @@ def grip_stage(ctx: DemoContext, out: Path) -> None:
     counts = synthesize(synth)["classes"]
     sft = load_config(CONFIGS / "sft_tiny.yaml", [
         f"model={base}", f"data={out / 'synth/sft.jsonl'}", f"out={out / 'model'}",
-        *(["max_steps=40"] if quick else [])], expect=GripSftConfig)
+        *(["max_steps=60"] if quick else [])], expect=GripSftConfig)
     model = train_sft(sft)
     ev = load_config(CONFIGS / "eval_tiny.yaml", [
         f"model={model}", f"index={index}", f"base_model={base}", *(["limit=60"] if quick else [])],

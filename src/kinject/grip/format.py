@@ -19,13 +19,14 @@ from typing import Literal
 ANSWER, SOLVED, INTERMEDIARY, RETRIEVE = "[ANSWER]", "[SOLVED]", "[INTERMEDIARY]", "[RETRIEVE]"
 CONTROL_TOKENS = (ANSWER, SOLVED, INTERMEDIARY, RETRIEVE)
 
+# Short on purpose (it is in every SFT row and every agent round): the tiny tokenizer spent 140
+# tokens on the first wording (60% of an SFT row), 53 on this one; the forced round adds 8.
+# (A 32-token "Known: .. Unknown: .." wording trained 15% faster but scored wiki EM 0.408 vs 0.484.)
 INSTRUCTION = (
-    "Answer the original query. If you know the answer, reply with [ANSWER] followed by the "
-    "answer and [SOLVED]. If you need more information, reply with [INTERMEDIARY] followed by "
-    "what you know so far, then [RETRIEVE] followed by a search query for the missing "
-    "information. Use the intermediary and the reference text when they are given."
+    "If you know the answer, reply [ANSWER] the answer [SOLVED]. Otherwise reply [INTERMEDIARY] "
+    "what you know [RETRIEVE] a search query for what is missing."
 )
-FORCE_INSTRUCTION = "This is the last round: you must answer now with [ANSWER]."
+FORCE_INSTRUCTION = "You must answer now."
 
 TurnKind = Literal["final", "plan", "other"]
 
@@ -50,14 +51,16 @@ def strip_control(text: str) -> str:
     return _squash(text)
 
 
-# No space before a closing marker: with single-token markers a space there becomes a lone " "
-# token the base never saw before a word (measured loss 10-16 on it at the start of SFT).
+# No spaces around the markers: the text after a marker tokenizes exactly as at the start of an
+# assistant turn, which is how the base learned its closed-book answers (`Quasto` -> `Qu asto`;
+# ` Quasto` is another token, and ` 1998` starts with a lone ` ` token). With the space, GRIP-SFT
+# answered popular test questions at 0.547 EM after `[ANSWER]` vs the base's 1.000 closed-book.
 def final_turn(answer: str) -> str:
-    return f"{ANSWER} {strip_control(answer)}{SOLVED}"
+    return f"{ANSWER}{strip_control(answer)}{SOLVED}"
 
 
 def plan_turn(intermediary: str, query: str) -> str:
-    return f"{INTERMEDIARY} {strip_control(intermediary)}{RETRIEVE} {strip_control(query)}"
+    return f"{INTERMEDIARY}{strip_control(intermediary)}{RETRIEVE}{strip_control(query)}"
 
 
 def format_references(passages: Sequence[str]) -> str:
@@ -69,30 +72,42 @@ def format_references(passages: Sequence[str]) -> str:
     return "\n".join(reversed(lines))
 
 
-def round_content(query: str, intermediary: str = "", references: Sequence[str] = (),
-                  force_answer: bool = False) -> str:
-    """The user message of one round: instruction + the three slots of SPEC-GRIP."""
-    lines = [INSTRUCTION]
-    if force_answer:
-        lines.append(FORCE_INSTRUCTION)
-    lines += [
-        f"Original Query: {_squash(query)}",
-        f"Intermediary: {strip_control(intermediary)}",
-        "Reference Text:",
-    ]
+def round_content(query: str, intermediary: str = "", references: Sequence[str] = ()) -> str:
+    """The user message of one round: the three slots of SPEC-GRIP in the base's own QA prompts.
+
+    The `Original Query` slot is written `Question:` and a round with empty slots is exactly the
+    closed-book prompt (`prompts.general_messages`); filled slots follow the RAG prompt's request
+    (`prompts.KNOWLEDGE_REQUEST`) with `Intermediary:` / `Reference Text:` lines. Why: a small base
+    recalls a fact only from the prompt it learned it under. Measured on the tiny world's base
+    (popular wiki test, closed-book EM): closed-book prompt 1.000; the same prompt followed by empty
+    `Intermediary:` / `Reference Text:` lines 0.019; the instruction before the question 0.802,
+    after it 0.000, as a system message 1.000 (hence `round_messages`). Reading is label-blind
+    (RAG top-1 on 1-hop: 0.576-0.584 for `Knowledge:` / `Reference Text:` / with an intermediary)."""
+    from kinject.prompts import GENERAL_REQUEST, KNOWLEDGE_REQUEST
+
+    intermediary = strip_control(intermediary)
+    if not intermediary and not references:
+        return f"{GENERAL_REQUEST}\nQuestion: {_squash(query)}"
+    lines = [KNOWLEDGE_REQUEST, f"Question: {_squash(query)}"]
+    if intermediary:
+        lines.append(f"Intermediary: {intermediary}")
     if references:
-        lines.append(format_references([strip_control(p) for p in references]))
+        lines += ["Reference Text:", format_references([strip_control(p) for p in references])]
     return "\n".join(lines)
 
 
 def round_messages(query: str, intermediary: str = "", references: Sequence[str] = (),
                    force_answer: bool = False) -> list[dict]:
-    return [{"role": "user", "content": round_content(query, intermediary, references, force_answer)}]
+    """System message = the fixed instruction (how to use the two turn forms; the forced last
+    round adds that it must answer), user message = `round_content`."""
+    system = f"{INSTRUCTION} {FORCE_INSTRUCTION}" if force_answer else INSTRUCTION
+    return [{"role": "system", "content": system},
+            {"role": "user", "content": round_content(query, intermediary, references)}]
 
 
 def assistant_prefill(force_answer: bool) -> str:
-    """The forced last round pre-fills the assistant turn with `[ANSWER]` (no trailing space: the
-    space belongs to the answer's first token, ` Name`, as in the training turns)."""
+    """The forced last round pre-fills the assistant turn with `[ANSWER]` (no trailing space, as
+    in the training turns: see `final_turn`)."""
     return ANSWER if force_answer else ""
 
 

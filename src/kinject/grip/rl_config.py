@@ -31,6 +31,7 @@ class RLRollout(StrictModel):
     prompts_per_step: int = 4  # groups that reach the loss per optimizer step
     max_rounds: int = 4  # SPEC-GRIP budget: 4 rounds, at most 3 retrievals
     max_new_tokens: int = 128  # per turn
+    first_query: Literal["model", "question"] = "model"  # as the agent's (kinject.grip.agent.AgentSettings)
     temperature: float = 1.0
     top_p: float = 1.0
     dynamic_sampling: bool = True  # drop groups whose rewards are all equal

@@ -76,7 +76,7 @@ def run_grip_rl(cfg: GripRLConfig, out: str | Path, force: bool = False) -> dict
     rec.extra["skipped_reference_turns"] = data.skipped
     rec.extra["train_records"] = len(data.records)
     settings = AgentSettings(max_rounds=cfg.rollout.max_rounds, top_k=cfg.retrieval.top_k,
-                             max_new_tokens=cfg.rollout.max_new_tokens)
+                             max_new_tokens=cfg.rollout.max_new_tokens, first_query=cfg.rollout.first_query)
     rows: list[dict] = []
     preds: dict[str, list[dict]] = {}
     if cfg.eval.files and cfg.eval.include_start:

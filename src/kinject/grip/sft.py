@@ -68,6 +68,29 @@ def init_control_embeddings(model, tok) -> dict[str, float]:
     return before
 
 
+def lora_wrap(model, tok, cfg):
+    """PEFT LoRA on every linear layer, plus trainable embedding rows for the control tokens only:
+    the base's weights, hence its closed-book facts, stay untouched while training; the adapters
+    are merged into the saved model (`merge_and_unload`)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    if cfg.control_tokens == "special":
+        # By hand, not PEFT's `trainable_token_indices`: its wrapper of the tied LM head breaks TRL's
+        # fused LM-head loss (AttributeError: 'TrainableTokensWrapper' object has no attribute
+        # 'bias', trl 1.16 / peft 0.21). A gradient mask keeps every other row frozen (Adam moves a
+        # row only where it had gradient; weight decay is off for LoRA runs, see train_sft).
+        import torch
+
+        emb = model.get_input_embeddings().weight
+        rows = torch.zeros(emb.shape[0], 1, dtype=emb.dtype)
+        rows[[tok.convert_tokens_to_ids(t) for t in CONTROL_TOKENS]] = 1.0
+        emb.requires_grad_(True)
+        emb.register_hook(lambda g: g * rows.to(g.device))
+    return model
+
+
 def sft_records(rows: list[dict], tok) -> list[dict]:
     """Prompt-completion records: the rendered round and `target + eos` (end of turn)."""
     from kinject.grip.synth import example_messages
@@ -135,13 +158,16 @@ def train_sft(cfg, out: str | Path | None = None) -> Path:
     args = SFTConfig(
         output_dir=str(work), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.lr,
         lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio, adam_beta1=cfg.adam_beta1,
-        adam_beta2=cfg.adam_beta2, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        adam_beta2=cfg.adam_beta2, weight_decay=0.0 if cfg.lora_r else cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         per_device_train_batch_size=cfg.per_device_batch_size, gradient_accumulation_steps=cfg.grad_accum,
         max_length=cfg.max_length, completion_only_loss=True, logging_steps=cfg.logging_steps,
         save_strategy="no", report_to="none", seed=cfg.seed,
         dataloader_num_workers=0, disable_tqdm=False,
         **device_kw,
     )
+    if cfg.lora_r:
+        model = lora_wrap(model, tok, cfg)
+        rec.extra["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(recs), processing_class=tok)
     with rec.timer("train"):
         result = trainer.train()
@@ -153,6 +179,8 @@ def train_sft(cfg, out: str | Path | None = None) -> Path:
     rank, _ = rank_and_world()
     if rank == 0:
         model = trainer.model
+        if cfg.lora_r:
+            model = model.merge_and_unload()  # a plain checkpoint: the agent and RL load it as is
         dtype = resolve_dtype(cfg.save_dtype) if cfg.save_dtype != "auto" else None
         with atomic_dir(out) as tmp:
             save_model(model, tok, tmp, dtype=dtype)
