@@ -16,7 +16,7 @@ from kinject.demo import DemoContext, stage
 REPO = Path(__file__).resolve().parents[3]
 DOMAINS = ("materials", "adjuvant")
 # QUICK: a smoke-sized run of the same recipe (target <= 90 s on a quiet CPU; full <= 330 s)
-QUICK = {"dapt": ["train.max_steps=500", "train.eval_steps=250"], "sft": ["train.max_steps=15", "train.eval_steps=15"]}
+QUICK = {"dapt": ["train.max_steps=900", "train.eval_steps=450"], "sft": ["train.max_steps=15", "train.eval_steps=15"]}
 QUICK_EVAL_LIMIT = 60  # questions per split scored in QUICK
 
 
