@@ -15,7 +15,9 @@ from kinject.demo import DemoContext, stage
 
 REPO = Path(__file__).resolve().parents[3]
 DOMAINS = ("materials", "adjuvant")
-QUICK = {"dapt": ["train.max_steps=300"], "sft": ["train.epochs=1"]}
+# QUICK: a smoke-sized run of the same recipe (target <= 90 s on a quiet CPU; full <= 330 s)
+QUICK = {"dapt": ["train.max_steps=900", "train.eval_steps=450"], "sft": ["train.max_steps=15", "train.eval_steps=15"]}
+QUICK_EVAL_LIMIT = 60  # questions per split scored in QUICK
 
 
 def train_domain_expert(domain: str, world: Path, init: Path, out: Path, dapt_overrides: list[str],
@@ -64,7 +66,7 @@ def expert_stage(ctx: DemoContext, out: Path) -> None:
             ddir = world / f"{domain}_domain"
             files = {s: ddir / f"qa_{s}.jsonl" for s in ("dev", "dev_para")}
             with rec.timer(f"eval_{domain}"):
-                rows += evaluate_files(model, files, eval_dir / domain)
+                rows += evaluate_files(model, files, eval_dir / domain, limit=QUICK_EVAL_LIMIT if ctx.quick else None)
         rec.metrics = {f"{r['dataset']}/{r['split']}/{r['metric']}": r["value"] for r in rows}
         from kinject.io import write_jsonl_atomic
 
