@@ -50,7 +50,9 @@ class _LaneThatDidNothing:
         pass
 
 
-def test_side_stages_are_deferred_behind_the_main_lane_and_rerun_in_process(monkeypatch, tmp_path):
+@pytest.fixture
+def fake_demo(monkeypatch):
+    """kinject.demo with the fake stages above, the side lane on, and the list of stage calls."""
     import kinject.demo as demo
 
     calls: list[str] = []
@@ -58,6 +60,11 @@ def test_side_stages_are_deferred_behind_the_main_lane_and_rerun_in_process(monk
     monkeypatch.setattr(demo, "SideLane", _LaneThatDidNothing)
     monkeypatch.setenv("KINJECT_DEMO_SIDE_LANE", "1")
     _LaneThatDidNothing.started = []
+    return demo, calls
+
+
+def test_side_stages_are_deferred_behind_the_main_lane_and_rerun_in_process(fake_demo, monkeypatch, tmp_path):
+    demo, calls = fake_demo
     demo.run_demo(tmp_path)
     assert _LaneThatDidNothing.started == [["world", "ppr", "grip"]]
     assert calls == ["world", "expert", "ppr", "grip", "eval"]  # side stages before the first later main stage
@@ -69,14 +76,8 @@ def test_side_stages_are_deferred_behind_the_main_lane_and_rerun_in_process(monk
     assert len(_LaneThatDidNothing.started) == 1
 
 
-def test_only_side_stages_run_in_process_without_a_lane(monkeypatch, tmp_path):
-    import kinject.demo as demo
-
-    calls: list[str] = []
-    monkeypatch.setattr(demo, "discover_stages", lambda: _fake_stages(calls))
-    monkeypatch.setattr(demo, "SideLane", _LaneThatDidNothing)
-    monkeypatch.setenv("KINJECT_DEMO_SIDE_LANE", "1")
-    _LaneThatDidNothing.started = []
+def test_only_side_stages_run_in_process_without_a_lane(fake_demo, tmp_path):
+    demo, calls = fake_demo
     demo.run_demo(tmp_path, only=["ppr", "grip"])
     assert calls == ["ppr", "grip"] and _LaneThatDidNothing.started == []
 

@@ -129,8 +129,13 @@ def markdown_table(rows: list[dict], metric: str = "em") -> str:
 
 
 def run_ablations(cfg: GagAblationConfig, say=print) -> list[dict]:
-    from kinject.io import write_jsonl_atomic, write_text_atomic
+    from kinject.io import require_dir, write_jsonl_atomic, write_text_atomic
 
+    # the inputs every run reads, checked before any run starts writing
+    require_dir(cfg.world, "world (ablation config key `world`)")
+    require_dir(cfg.base, "base model (ablation config key `base`)")
+    for domain in cfg.domains:
+        require_dir(Path(cfg.memory_root) / domain, f"{domain} memories (ablation config key `memory_root`)")
     rows = []
     for name, variant in cfg.variants.items():  # variant-major: the reference `gag` rows come first
         for domain in cfg.domains:
