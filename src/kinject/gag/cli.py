@@ -22,6 +22,7 @@ def train_cmd(
 ) -> None:
     """Stage III: train the injector (alignment phase, then domain phase) through the frozen base."""
     from kinject.config import load_config
+    from kinject.distributed import end_distributed
     from kinject.gag.config import Stage3Config
     from kinject.gag.trainer import Stage3Trainer
     from kinject.runs import RunRecorder
@@ -36,6 +37,7 @@ def train_cmd(
         rec.write()
         typer.echo(f"injector ({metrics['injector_parameters']:,} parameters) saved to {Path(cfg.out) / 'injector'}; "
                    f"loss curves in {Path(cfg.out) / 'loss_curves.png'}")
+    end_distributed()
 
 
 @gag_app.command("answer")
