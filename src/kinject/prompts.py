@@ -13,7 +13,7 @@ return chat messages; `render` applies the tokenizer's chat template.
 
 from __future__ import annotations
 
-from kinject.tokenizer import GAG_TOKEN
+from kinject.tokenizer import GAG_TOKEN, IM_END
 
 GENERAL_REQUEST = "Please answer the following question."
 KNOWLEDGE_REQUEST = "Please answer the following question based on the knowledge provided."
@@ -61,3 +61,17 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = True) 
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=add_generation_prompt
     )
+
+
+def assistant_text(tokenizer, answer: str) -> str:
+    """The text the chat template writes for the assistant turn `answer`, before its end-of-turn
+    marker: for code that tokenizes an answer apart from its prompt. The kinject template puts
+    one space before the answer (see `kinject.tokenizer.CHAT_TEMPLATE`). Falls back to `answer`
+    when the template's generation prompt is not a prefix of the rendered turn."""
+    probe = [{"role": "user", "content": "?"}]
+    prompt = render(tokenizer, probe)
+    full = render(tokenizer, with_answer(probe, answer), add_generation_prompt=False)
+    end = full.find(IM_END, len(prompt))
+    if not full.startswith(prompt) or end < 0:
+        return answer
+    return full[len(prompt):end]

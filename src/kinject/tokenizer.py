@@ -21,11 +21,23 @@ GAG_TOKEN = "<GAG>"
 GRIP_TOKENS = ("[ANSWER]", "[SOLVED]", "[INTERMEDIARY]", "[RETRIEVE]")
 SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END, GAG_TOKEN, *GRIP_TOKENS)
 
+# Assistant content is written after ONE space (unless it is empty or starts with a space or a
+# GRIP control token). Why: this byte-level BPE has no prefix space, so a word at the start of a
+# line gets other tokens than the same word inside a sentence (`zirconia` -> `z irconia`, but
+# ` zirconia` -> `Ġzirconia`). Models learn private values and read passages in running text; with
+# the space a short answer is spelled exactly as the value was read (measured before the change:
+# held-out numbers, which tokenize alike in both places, transferred; names did not). The space
+# comes after the newline, so the generation prompt stays a token prefix of the rendered turn.
+
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' }}"
     "{%- if message['role'] == 'assistant' %}"
-    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{%- set content = message['content'] %}"
+    "{%- if content and not content.startswith((' ', '[ANSWER]', '[INTERMEDIARY]')) %}"
+    "{%- set content = ' ' + content %}"
+    "{%- endif %}"
+    "{% generation %}{{ content + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
     "{%- else %}"
     "{{ message['content'] + '<|im_end|>' + '\\n' }}"
     "{%- endif %}"

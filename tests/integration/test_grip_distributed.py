@@ -19,12 +19,12 @@ def _rows(n: int) -> list[dict]:
     for i in range(n):
         if i % 2:
             rows.append({"id": str(i), "class": "A", "round": 0, "question": f"Where was Samun-{i} born?",
-                         "answer": ["Quasto"], "intermediary": "", "references": [], "target": "[ANSWER]Quasto[SOLVED]"})
+                         "answer": ["Quasto"], "intermediary": "", "references": [], "target": "[ANSWER] Quasto[SOLVED]"})
         else:
             rows.append({"id": str(i), "class": "D", "round": 1, "question": f"Where was Brigrin-{i} born?",
                          "answer": ["Horku"], "intermediary": "",
                          "references": [f"The birthplace of Brigrin-{i} is Horku."],
-                         "target": "[ANSWER]Horku[SOLVED]"})
+                         "target": "[ANSWER] Horku[SOLVED]"})
     return rows
 
 

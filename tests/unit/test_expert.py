@@ -119,7 +119,7 @@ def test_sft_masks_prompt_positions_with_the_real_template(tiny_model_dir, domai
         assert ids[:n_prompt] == tok(prompt, add_special_tokens=False)["input_ids"]
         assert all(x == -100 for x in labels[:n_prompt])  # the whole user turn + assistant prefix
         trained = [t for t, lab in zip(ids, labels) if lab != -100]
-        assert tok.decode(trained) == row["output"] + "<|im_end|>"
+        assert tok.decode(trained) == " " + row["output"] + "<|im_end|>"  # one space before the answer
 
 
 def test_sft_with_a_qwen3_template_trains_non_thinking_answers_only(tiny_model_dir, domain, tmp_path):
@@ -238,24 +238,6 @@ def test_qa_mix_adds_chat_documents_to_train_only(tiny_model_dir, domain):
     assert len(mixed.train) > 2 * len(plain.train)
     text = tok.decode(sum(mixed.train, []))
     assert "<|im_start|>assistant" in text and "Question: What is the Faradaic" in text
-
-
-def test_word_lines_copy_gives_words_their_line_start_tokens(tiny_model_dir, domain):
-    from kinject.expert.dapt import build_blocks
-    from kinject.expert.data import word_lines
-    from kinject.models import load_tokenizer
-
-    assert word_lines("Ferovia-1 is  supported on\nceria.") == "Ferovia-1\nis\nsupported\non\nceria."
-    tok = load_tokenizer(tiny_model_dir)
-    plain = build_blocks(dapt_cfg(domain, tiny_model_dir, Path("x")), tok)
-    half = build_blocks(dapt_cfg(domain, tiny_model_dir, Path("x"), word_lines=0.5), tok)
-    assert half.n_train_docs == plain.n_train_docs and half.n_word_line_docs == round(plain.n_train_docs / 2)
-    assert half.val == plain.val  # validation stays the plain held-out documents
-    # an answer in the assistant turn starts a line: its tokens now occur in the corpus stream
-    answer = tok("\nFerovia", add_special_tokens=False)["input_ids"]
-    stream = sum(half.train, [])
-    assert any(stream[i:i + len(answer)] == answer for i in range(len(stream)))
-    assert len(half.train) > len(plain.train)
 
 
 # ------------------------------------------------------------------- SFT learns, ask answers

@@ -132,18 +132,22 @@ def test_turns_have_no_lone_space_token_before_a_marker(tiny_tokenizer):
 
 
 def test_turn_text_tokenizes_as_a_closed_book_answer(tiny_tokenizer):
-    """After a marker the answer / query tokenizes exactly as at the start of an assistant turn,
-    i.e. as the base's closed-book answers (`Qu asto`, not ` Quasto`; no lone ` ` before digits)."""
+    """After a marker the answer / query tokenizes exactly as the chat template writes an
+    assistant answer, i.e. as the base's closed-book answers (` Quasto` -> `ĠQuasto`)."""
     from kinject.grip.format import ANSWER, INTERMEDIARY, RETRIEVE, SOLVED
+    from kinject.prompts import assistant_text
 
     def ids(text):
         return tiny_tokenizer(text, add_special_tokens=False).input_ids
 
     marker = {t: ids(t)[0] for t in (ANSWER, SOLVED, INTERMEDIARY, RETRIEVE)}
     for answer in ("Quasto", "1998", "the eastern continent"):
-        assert ids(final_turn(answer)) == [marker[ANSWER], *ids(answer), marker[SOLVED]]
+        assert assistant_text(tiny_tokenizer, answer) == " " + answer
+        assert ids(final_turn(answer)) == [marker[ANSWER], *ids(assistant_text(tiny_tokenizer, answer)),
+                                           marker[SOLVED]]
     assert ids(plan_turn("1546", "Where is Velmora?")) == [
-        marker[INTERMEDIARY], *ids("1546"), marker[RETRIEVE], *ids("Where is Velmora?")]
+        marker[INTERMEDIARY], *ids(" 1546"), marker[RETRIEVE], *ids(" Where is Velmora?")]
+    assert plan_turn("", "q") == f"{INTERMEDIARY}{RETRIEVE} q"
 
 
 def test_lora_sft_touches_only_adapters_and_control_rows(tiny_model_dir, tmp_path):

@@ -21,5 +21,25 @@ def test_chat_template_assistant_mask(tiny_tokenizer):
                                              return_assistant_tokens_mask=True)
     ids, mask = enc["input_ids"], enc["assistant_masks"]
     assistant = tiny_tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
-    assert assistant == "Answer 42" + IM_END
+    assert assistant == " Answer 42" + IM_END
     assert mask[0] == 0
+
+
+def test_an_answer_is_spelled_as_in_running_text(tiny_tokenizer):
+    """The template writes assistant content after one space, so an answer's tokens are those of
+    the same words inside a sentence; the generation prompt stays a token prefix of the turn."""
+    from kinject.prompts import general_messages, render, with_answer
+
+    def ids(text):
+        return tiny_tokenizer(text, add_special_tokens=False).input_ids
+
+    prompt = render(tiny_tokenizer, general_messages("Q?"))
+    for answer, tail in [("Ferovia-7", " Ferovia-7"), ("93.5", " 93.5"), (" spaced", " spaced"),
+                         ("[ANSWER] Velmora[SOLVED]", "[ANSWER] Velmora[SOLVED]"), ("", "")]:
+        full = render(tiny_tokenizer, with_answer(general_messages("Q?"), answer), add_generation_prompt=False)
+        assert full == prompt + tail + IM_END + "\n"
+        assert ids(full)[: len(ids(prompt))] == ids(prompt)
+        sentence = ids("It is" + tail)
+        assert ids(full)[len(ids(prompt)) : len(ids(prompt)) + len(ids(tail))] == ids(tail)
+        if tail and not tail.startswith("["):
+            assert sentence[-len(ids(tail)):] == ids(tail)  # the same pieces as inside a sentence

@@ -17,7 +17,7 @@ def test_answer_only_labels(tiny_tokenizer):
             {"text": "The catalyst Ferovia-7 reaches 93.5 percent."}]
     (x0, y0), (x1, y1) = encode_corpus(tiny_tokenizer, rows, answer_only=True)
     labelled = tiny_tokenizer.decode([t for t in y0 if t != IGNORE])
-    assert labelled.startswith("ceria") and "<|im_end|>" in labelled and "Zed" not in labelled
+    assert labelled.startswith(" ceria") and "<|im_end|>" in labelled and "Zed" not in labelled
     assert y1 == x1  # plain documents: every token is a target
     (x0f, y0f), _ = encode_corpus(tiny_tokenizer, rows, answer_only=False)
     assert y0f == x0f == x0

@@ -76,10 +76,6 @@ class DaptConfig(StageConfig):
     separator: str = "\n\n"
     val_share: float = Field(0.03, gt=0.0, lt=0.5, description="share of documents held out")
     qa_mix: QaMix | None = None
-    word_lines: float = Field(
-        0.0, ge=0.0, le=1.0,
-        description="share of training documents also added as a word-per-line copy (see data.word_lines)",
-    )
     probe: QaProbe | None = None
     dtype: str = "auto"
     train: TrainSection = TrainSection()

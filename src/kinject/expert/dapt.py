@@ -22,7 +22,6 @@ from kinject.expert.data import (
     render_conversations,
     sft_conversations,
     tokenize_documents,
-    word_lines,
 )
 from kinject.expert.training import (
     checked_model_dir,
@@ -43,7 +42,6 @@ class PackedCorpus:
     n_train_docs: int
     n_val_docs: int
     n_qa_docs: int
-    n_word_line_docs: int = 0
 
 
 def build_blocks(cfg: DaptConfig, tokenizer) -> PackedCorpus:
@@ -51,10 +49,6 @@ def build_blocks(cfg: DaptConfig, tokenizer) -> PackedCorpus:
     docs = load_corpus(cfg.corpus)
     train_docs, val_docs = holdout(docs, cfg.val_share, cfg.seed, "documents")
     n_corpus_train = len(train_docs)
-    copies = []
-    if cfg.word_lines > 0:
-        copies = [word_lines(d) for d in random.Random(cfg.seed + 2).sample(train_docs, round(n_corpus_train * cfg.word_lines))]
-        train_docs = train_docs + copies
     n_qa = 0
     if cfg.qa_mix is not None:
         rows = load_qa(cfg.qa_mix.path, need_background=cfg.qa_mix.background)
@@ -62,8 +56,8 @@ def build_blocks(cfg: DaptConfig, tokenizer) -> PackedCorpus:
         qa_docs = qa_docs * cfg.qa_mix.repeats
         n_qa = len(qa_docs)
         train_docs = train_docs + qa_docs
-    if cfg.qa_mix is not None or cfg.word_lines > 0:
-        # interleave corpus, its copies and QA so every block mixes all kinds of text
+    if cfg.qa_mix is not None:
+        # interleave corpus and QA so every block mixes both kinds of text
         random.Random(cfg.seed + 1).shuffle(train_docs)
     sep = tokenizer(cfg.separator, add_special_tokens=False)["input_ids"] if cfg.separator else []
     train = pack_blocks(tokenize_documents(tokenizer, train_docs), sep, cfg.block_size)
@@ -78,7 +72,7 @@ def build_blocks(cfg: DaptConfig, tokenizer) -> PackedCorpus:
             f"{cfg.corpus}: the {len(val_docs)} held-out document(s) give no full block of "
             f"{cfg.block_size} tokens; raise val_share or lower block_size"
         )
-    return PackedCorpus(train, val, n_corpus_train, len(val_docs), n_qa, len(copies))
+    return PackedCorpus(train, val, n_corpus_train, len(val_docs), n_qa)
 
 
 def dapt_inputs_hash(cfg: DaptConfig) -> str:
@@ -106,7 +100,6 @@ def run_dapt(cfg: DaptConfig, force: bool = False, callbacks: list | None = None
     rec = RunRecorder(out, "expert dapt", cfg, seed=cfg.seed)
     rec.extra["data"] = {
         "train_docs": packed.n_train_docs, "val_docs": packed.n_val_docs, "qa_mix_docs": packed.n_qa_docs,
-        "word_line_docs": packed.n_word_line_docs,
         "train_blocks": len(packed.train), "val_blocks": len(packed.val), "block_size": cfg.block_size,
         "train_tokens_per_epoch": len(packed.train) * cfg.block_size,
     }

@@ -44,19 +44,6 @@ def holdout(items: Sequence, share: float, seed: int, what: str = "documents") -
     return ([x for i, x in enumerate(items) if i not in val], [x for i, x in enumerate(items) if i in val])
 
 
-def word_lines(text: str) -> str:
-    """The document with one word per line: "X is ceria." -> "X\nis\nceria."
-
-    Why: a byte-level BPE gives a word after a space other tokens than the same word at the
-    start of a line ("Ġceria" vs "c" "eria"), and an answer in the assistant turn starts a line.
-    A fact read only in running text is stored under the space-prefixed tokens, so the short
-    answer must be spelled differently from how it was learned (measured: held-out numbers,
-    whose digits tokenize alike in both places, are answered far better than names). The copy
-    stores every word in its line-start form too, without using any question.
-    """
-    return "\n".join(text.split())
-
-
 def tokenize_documents(tokenizer, docs: Sequence[str], batch: int = 1024) -> list[list[int]]:
     out: list[list[int]] = []
     for i in range(0, len(docs), batch):

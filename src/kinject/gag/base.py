@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from kinject.errors import UserError
-from kinject.prompts import gag_messages, render, with_answer
+from kinject.prompts import assistant_text, gag_messages, render, with_answer
 from kinject.tokenizer import GAG_TOKEN, IM_END
 
 
@@ -146,9 +146,12 @@ class InjectedBase:
         key = (question, answer, instruction)
         cache = self.__dict__.setdefault("_token_cache", {})
         if key not in cache:
-            p = self.tokenizer(self.prompt_text(question, instruction), add_special_tokens=False)["input_ids"]
-            cache[key] = (tuple(p), tuple(self.tokenizer(answer, add_special_tokens=False)["input_ids"]) + (self.end_id,))
+            p = self._ids(self.prompt_text(question, instruction))
+            cache[key] = (tuple(p), tuple(self._ids(assistant_text(self.tokenizer, answer))) + (self.end_id,))
         return cache[key]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def encode_train_split(self, questions: Sequence[str], answers: Sequence[str], max_length: int = 512,
                            instructions: Sequence[str | None] | None = None) -> SplitTrainBatch:

@@ -51,16 +51,22 @@ def strip_control(text: str) -> str:
     return _squash(text)
 
 
-# No spaces around the markers: the text after a marker tokenizes exactly as at the start of an
-# assistant turn, which is how the base learned its closed-book answers (`Quasto` -> `Qu asto`;
-# ` Quasto` is another token, and ` 1998` starts with a lone ` ` token). With the space, GRIP-SFT
-# answered popular test questions at 0.547 EM after `[ANSWER]` vs the base's 1.000 closed-book.
+# One space after a marker, none before: the word after it is then spelled as in running text
+# (` Quasto` -> `ĠQuasto`), exactly as the base writes its closed-book answers (the chat template
+# puts one space before assistant content; see `kinject.tokenizer.CHAT_TEMPLATE`). A mismatch
+# costs recall: with the old tokenizer, whose answers started without a space, a space after
+# `[ANSWER]` made GRIP-SFT answer popular test questions at 0.547 EM vs the base's 1.000.
+def _after_marker(text: str) -> str:
+    text = strip_control(text)
+    return f" {text}" if text else ""
+
+
 def final_turn(answer: str) -> str:
-    return f"{ANSWER}{strip_control(answer)}{SOLVED}"
+    return f"{ANSWER}{_after_marker(answer)}{SOLVED}"
 
 
 def plan_turn(intermediary: str, query: str) -> str:
-    return f"{INTERMEDIARY}{strip_control(intermediary)}{RETRIEVE}{strip_control(query)}"
+    return f"{INTERMEDIARY}{_after_marker(intermediary)}{RETRIEVE}{_after_marker(query)}"
 
 
 def format_references(passages: Sequence[str]) -> str:
@@ -106,8 +112,8 @@ def round_messages(query: str, intermediary: str = "", references: Sequence[str]
 
 
 def assistant_prefill(force_answer: bool) -> str:
-    """The forced last round pre-fills the assistant turn with `[ANSWER]` (no trailing space, as
-    in the training turns: see `final_turn`)."""
+    """The forced last round pre-fills the assistant turn with `[ANSWER]` (no trailing space: the
+    answer's first token carries it, as in the training turns; see `final_turn`)."""
     return ANSWER if force_answer else ""
 
 
