@@ -21,20 +21,32 @@ GAG_TOKEN = "<GAG>"
 GRIP_TOKENS = ("[ANSWER]", "[SOLVED]", "[INTERMEDIARY]", "[RETRIEVE]")
 SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END, GAG_TOKEN, *GRIP_TOKENS)
 
-# Assistant content is written after ONE space (unless it is empty or starts with a space or a
-# GRIP control token). Why: this byte-level BPE has no prefix space, so a word at the start of a
-# line gets other tokens than the same word inside a sentence (`zirconia` -> `z irconia`, but
-# ` zirconia` -> `Ġzirconia`). Models learn private values and read passages in running text; with
-# the space a short answer is spelled exactly as the value was read (measured before the change:
-# held-out numbers, which tokenize alike in both places, transferred; names did not). The space
-# comes after the newline, so the generation prompt stays a token prefix of the rendered turn.
+# Assistant content starts with ONE space, except before a digit (and when it is empty or already
+# starts with a space or a GRIP control token). Why: this byte-level BPE has no prefix space, so a
+# word at the start of a line gets other tokens than inside a sentence (`zirconia` -> `z irconia`,
+# ` zirconia` -> `Ġzirconia`); models learn private values and read passages in running text, and
+# with the space a short answer is spelled as the value was read. Digits are single tokens
+# everywhere, so a number needs no space; with one, the answer starts with a lone `Ġ` that says
+# nothing about the value. Measured on the tiny world's experts (dev EM, names / numbers): no space
+# 0.44 / 0.93, space everywhere 0.87 / 0.24. The space comes after the newline, so the generation
+# prompt stays a token prefix of the rendered turn. `answer_lead` is the same rule in Python.
+LEAD_EXEMPT = (" ", "[ANSWER]", "[INTERMEDIARY]")
+DIGITS = "0123456789"
+
+
+def answer_lead(content: str) -> str:
+    """Assistant content as the chat template writes it (see the comment above)."""
+    if not content or content.startswith(LEAD_EXEMPT) or content[0] in DIGITS:
+        return content
+    return " " + content
+
 
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' }}"
     "{%- if message['role'] == 'assistant' %}"
     "{%- set content = message['content'] %}"
-    "{%- if content and not content.startswith((' ', '[ANSWER]', '[INTERMEDIARY]')) %}"
+    "{%- if content and not content.startswith(" + repr(LEAD_EXEMPT) + ") and content[0] not in '" + DIGITS + "' %}"
     "{%- set content = ' ' + content %}"
     "{%- endif %}"
     "{% generation %}{{ content + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"

@@ -13,6 +13,7 @@ import pytest
 from kinject.errors import UserError
 from kinject.expert.config import DaptConfig, SftConfig, TrainSection
 from kinject.expert.data import holdout, load_corpus, pack_blocks, qa_conversation
+from kinject.tokenizer import answer_lead
 
 INSTRUCTION = "You are an expert in catalytic materials."
 
@@ -119,7 +120,7 @@ def test_sft_masks_prompt_positions_with_the_real_template(tiny_model_dir, domai
         assert ids[:n_prompt] == tok(prompt, add_special_tokens=False)["input_ids"]
         assert all(x == -100 for x in labels[:n_prompt])  # the whole user turn + assistant prefix
         trained = [t for t, lab in zip(ids, labels) if lab != -100]
-        assert tok.decode(trained) == " " + row["output"] + "<|im_end|>"  # one space before the answer
+        assert tok.decode(trained) == answer_lead(row["output"]) + "<|im_end|>"  # as the template writes it
 
 
 def test_sft_with_a_qwen3_template_trains_non_thinking_answers_only(tiny_model_dir, domain, tmp_path):

@@ -7,7 +7,7 @@ from kinject.gag.base import InjectedBase, ensure_gag_token
 from kinject.gag.losses import masked_mean
 from kinject.generation import generate_texts
 from kinject.models import load_causal_lm
-from kinject.tokenizer import GAG_TOKEN
+from kinject.tokenizer import GAG_TOKEN, answer_lead
 
 QUESTIONS = ["What is the capital of Norland?", "Who?", "Which catalyst reaches 93.5 % at 450 kelvin?"]
 
@@ -68,8 +68,8 @@ def test_encode_train_matches_chat_template_and_labels_answer_plus_eot(injected)
         full = tok(injected.full_text(q, a), add_special_tokens=False)["input_ids"]
         assert tb.input_ids[i, :n].tolist() == full[:-1]  # everything but the template's trailing "\n"
         lab = tb.labels[i][tb.labels[i] != -100].tolist()
-        # the template writes the answer after one space, spelled as in running text
-        assert lab == tok(" " + a, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
+        # the template writes the answer as `answer_lead` does (a space before a word)
+        assert lab == tok(answer_lead(a), add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
         assert (tb.input_ids[i] == injected.gag_id).sum() == 4
     assert int(tb.attention_mask[0].sum()) < tb.input_ids.shape[1] or int(tb.attention_mask[2].sum()) < tb.input_ids.shape[1]
 

@@ -136,17 +136,18 @@ def test_turn_text_tokenizes_as_a_closed_book_answer(tiny_tokenizer):
     assistant answer, i.e. as the base's closed-book answers (` Quasto` -> `ĠQuasto`)."""
     from kinject.grip.format import ANSWER, INTERMEDIARY, RETRIEVE, SOLVED
     from kinject.prompts import assistant_text
+    from kinject.tokenizer import answer_lead
 
     def ids(text):
         return tiny_tokenizer(text, add_special_tokens=False).input_ids
 
     marker = {t: ids(t)[0] for t in (ANSWER, SOLVED, INTERMEDIARY, RETRIEVE)}
     for answer in ("Quasto", "1998", "the eastern continent"):
-        assert assistant_text(tiny_tokenizer, answer) == " " + answer
+        assert assistant_text(tiny_tokenizer, answer) == answer_lead(answer)
         assert ids(final_turn(answer)) == [marker[ANSWER], *ids(assistant_text(tiny_tokenizer, answer)),
                                            marker[SOLVED]]
     assert ids(plan_turn("1546", "Where is Velmora?")) == [
-        marker[INTERMEDIARY], *ids(" 1546"), marker[RETRIEVE], *ids(" Where is Velmora?")]
+        marker[INTERMEDIARY], *ids("1546"), marker[RETRIEVE], *ids(" Where is Velmora?")]
     assert plan_turn("", "q") == f"{INTERMEDIARY}{RETRIEVE} q"
 
 

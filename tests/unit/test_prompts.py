@@ -19,6 +19,6 @@ def test_knowledge_and_general_share_question_line():
 
 def test_render_with_answer_ends_with_turn_end(tiny_tokenizer):
     text = render(tiny_tokenizer, with_answer(general_messages("Q?"), "42"), add_generation_prompt=False)
-    assert text.endswith("<|im_start|>assistant\n 42<|im_end|>\n")  # one space before the answer
+    assert text.endswith("<|im_start|>assistant\n42<|im_end|>\n")  # no space before a number
     prefix = render(tiny_tokenizer, general_messages("Q?"))
     assert prefix.endswith("<|im_start|>assistant\n") and text.startswith(prefix)

@@ -1,4 +1,4 @@
-from kinject.tokenizer import GAG_TOKEN, GRIP_TOKENS, IM_END, stop_token_ids
+from kinject.tokenizer import GAG_TOKEN, GRIP_TOKENS, IM_END, answer_lead, stop_token_ids
 
 
 def test_digits_are_single_tokens(tiny_tokenizer):
@@ -34,12 +34,14 @@ def test_an_answer_is_spelled_as_in_running_text(tiny_tokenizer):
         return tiny_tokenizer(text, add_special_tokens=False).input_ids
 
     prompt = render(tiny_tokenizer, general_messages("Q?"))
-    for answer, tail in [("Ferovia-7", " Ferovia-7"), ("93.5", " 93.5"), (" spaced", " spaced"),
+    for answer, tail in [("Ferovia-7", " Ferovia-7"), ("93.5 %", "93.5 %"), (" spaced", " spaced"),
                          ("[ANSWER] Velmora[SOLVED]", "[ANSWER] Velmora[SOLVED]"), ("", "")]:
         full = render(tiny_tokenizer, with_answer(general_messages("Q?"), answer), add_generation_prompt=False)
-        assert full == prompt + tail + IM_END + "\n"
+        assert full == prompt + tail + IM_END + "\n" and answer_lead(answer) == tail
         assert ids(full)[: len(ids(prompt))] == ids(prompt)
         sentence = ids("It is" + tail)
         assert ids(full)[len(ids(prompt)) : len(ids(prompt)) + len(ids(tail))] == ids(tail)
-        if tail and not tail.startswith("["):
+        if tail and tail[0] == " ":
             assert sentence[-len(ids(tail)):] == ids(tail)  # the same pieces as inside a sentence
+    # a number is written without the space: its digit tokens are those of running text anyway
+    assert ids("It is 93.5 %")[-len(ids("93.5 %")):] == ids("93.5 %")

@@ -51,14 +51,14 @@ def strip_control(text: str) -> str:
     return _squash(text)
 
 
-# One space after a marker, none before: the word after it is then spelled as in running text
-# (` Quasto` -> `ĠQuasto`), exactly as the base writes its closed-book answers (the chat template
-# puts one space before assistant content; see `kinject.tokenizer.CHAT_TEMPLATE`). A mismatch
-# costs recall: with the old tokenizer, whose answers started without a space, a space after
-# `[ANSWER]` made GRIP-SFT answer popular test questions at 0.547 EM vs the base's 1.000.
+# The text after a marker is written exactly as the chat template writes an assistant answer
+# (`kinject.tokenizer.answer_lead`: one space before a word, none before a digit), so GRIP's
+# answers are spelled like the base's closed-book answers. A mismatch costs recall: a space the
+# base's answers did not have made GRIP-SFT answer popular test questions at 0.547 EM vs 1.000.
 def _after_marker(text: str) -> str:
-    text = strip_control(text)
-    return f" {text}" if text else ""
+    from kinject.tokenizer import answer_lead
+
+    return answer_lead(strip_control(text))
 
 
 def final_turn(answer: str) -> str:
