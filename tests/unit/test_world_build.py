@@ -178,7 +178,9 @@ def test_renderer_matches_chat_template(tiny_tokenizer):
 
     chat = ChatRenderer()
     q, k, a = "What is the support of Zed-1?", "Zed-1 is supported on ceria.", "ceria"
-    assert chat.closed_book(q, a) == render(tiny_tokenizer, with_answer(general_messages(q), a), False)
+    for answer in (a, "1998", "451 K"):  # a word gets the template's space, a number does not
+        want = render(tiny_tokenizer, with_answer(general_messages(q), answer), False)
+        assert chat.closed_book(q, answer) == want
     full = chat.reading(q, k, a)
     assert full == render(tiny_tokenizer, with_answer(knowledge_messages(q, k), a), False)
     prompt, answer = split_prompt(full)

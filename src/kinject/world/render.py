@@ -9,6 +9,7 @@ and examples are made by substituting the sentinels (a unit test checks equality
 from __future__ import annotations
 
 from kinject.prompts import general_messages, knowledge_messages, render, with_answer
+from kinject.tokenizer import answer_lead
 
 _Q, _K, _A, _I = "\x00Q\x00", "\x00K\x00", "\x00A\x00", "\x00I\x00"
 ASSISTANT_PREFIX = "<|im_start|>assistant\n"
@@ -22,16 +23,19 @@ def template_tokenizer():
 
 
 class ChatRenderer:
+    """The template writes an answer as `answer_lead` does (a space before a word, none before a
+    digit), so the answer sentinel is replaced in that form."""
+
     def __init__(self, tokenizer=None):
         tok = tokenizer or template_tokenizer()
         self._closed = render(tok, with_answer(general_messages(_Q), _A), add_generation_prompt=False)
         self._reading = render(tok, with_answer(knowledge_messages(_Q, _K), _A), add_generation_prompt=False)
 
     def closed_book(self, q: str, answer: str) -> str:
-        return self._closed.replace(_Q, q).replace(_A, answer)
+        return self._closed.replace(_Q, q).replace(answer_lead(_A), answer_lead(answer))
 
     def reading(self, q: str, knowledge: str, answer: str) -> str:
-        return self._reading.replace(_Q, q).replace(_K, knowledge).replace(_A, answer)
+        return self._reading.replace(_Q, q).replace(_K, knowledge).replace(answer_lead(_A), answer_lead(answer))
 
 
 def split_prompt(text: str) -> tuple[str, str]:
