@@ -33,9 +33,12 @@ def write_rows(path, prefix, n):
 
 
 def make_store(path, rows, seed):
-    st = MemoryStore.create(path, StoreMeta(expert_hidden=16, layers=["last", "minus2"], slots=4, dtype="float32"))
+    """4 stored slots + per-token trajectories (the tiny presets pool them with attention)."""
+    st = MemoryStore.create(path, StoreMeta(expert_hidden=16, layers=["last", "minus2"], slots=4, dtype="float32",
+                                            trajectories=True))
     g = torch.Generator().manual_seed(seed)
-    st.add([{"id": r["id"], "question": r["question"]} for r in rows], torch.randn(len(rows), 2, 4, 16, generator=g))
+    st.add([{"id": r["id"], "question": r["question"]} for r in rows], torch.randn(len(rows), 2, 4, 16, generator=g),
+           trajectories=[torch.randn(2, 3 + k % 3, 16, generator=g) for k in range(len(rows))])
 
 
 def test_ablate_writes_variant_rows_and_table_and_skips_when_complete(tmp_path, base_dir):
