@@ -4,8 +4,9 @@ The public release formatted references and the intermediary differently at trai
 inference; here every stage calls `round_messages` / `parse_turn`, so they cannot drift.
 
 A model turn is one of
-- final: `[ANSWER] <answer> [SOLVED]`
-- plan:  `[INTERMEDIARY] <partial answer> [RETRIEVE] <new query>` (query runs to the end)
+- final: `[ANSWER] <answer>[SOLVED]`
+- plan:  `[INTERMEDIARY] <partial answer>[RETRIEVE] <new query>` (query runs to the end)
+(the text after a marker is written as the chat template writes an answer: see `final_turn`)
 - other: anything else, treated as a final answer by the agent.
 """
 
