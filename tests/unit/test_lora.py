@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from kinject.errors import UserError
+from kinject.tokenizer import answer_lead
 
 CLI = [sys.executable, "-m", "kinject.cli"]
 ROWS = [{"id": f"m{i}", "domain": "materials", "instruction": "Be a chemist.",
@@ -59,7 +60,7 @@ def test_training_writes_adapter_and_manifest(adapter, tiny_model_dir, tiny_toke
     # loss on the answer only: the assistant mask covers the answer (and end of turn), not the prompt
     enc = tiny_tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     masked = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
-    assert tiny_tokenizer.decode(masked).startswith("Lab 0")
+    assert tiny_tokenizer.decode(masked).startswith(answer_lead("Lab 0"))  # as the template writes it
 
 
 def test_rerun_is_skipped_and_bad_targets_are_one_line(adapter, tiny_model_dir, tmp_path):
