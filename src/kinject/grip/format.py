@@ -6,8 +6,8 @@ inference; here every stage calls `round_messages` / `parse_turn`, so they canno
 A model turn is one of
 - final: `[ANSWER] <answer>[SOLVED]`
 - plan:  `[INTERMEDIARY] <partial answer>[RETRIEVE] <new query>` (query runs to the end)
-(the text after a marker is written as the chat template writes an answer: see `final_turn`)
 - other: anything else, treated as a final answer by the agent.
+The text after a marker is written as the chat template writes an answer (see `final_turn`).
 """
 
 from __future__ import annotations
