@@ -13,6 +13,7 @@ from kinject.gag.modules import (
     LayerMixer,
     SemanticHead,
 )
+from kinject.memory.compress import stabilize
 from kinject.memory.store import StoreMeta
 
 
@@ -84,6 +85,26 @@ def test_attention_pooler_ignores_padding_and_handles_empty():
     traj.requires_grad_(True)
     pool(traj, mask).sum().backward()
     assert torch.isfinite(traj.grad).all() and all(torch.isfinite(p.grad).all() for p in pool.parameters())
+
+
+def test_attention_pooler_heads():
+    torch.manual_seed(0)
+    pool = AttentionSlotPooler(expert_dim=8, num_slots=2, key_dim=4, heads=2)
+    traj = torch.randn(2, 3, 6, 8)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    out = pool(traj, mask)
+    assert out.shape == (2, 3, 2, 8)
+    noisy = traj.clone()
+    noisy[0, :, 4:] = 1e3  # padding still changes nothing with heads
+    torch.testing.assert_close(pool(noisy, mask)[0], out[0])
+    w = pool.attention(traj, mask)  # [B, L, S*H, T]: each head of each slot is its own distribution
+    assert w.shape == (2, 3, 4, 6) and torch.allclose(w.sum(-1), torch.ones(2, 3, 4))
+    with torch.no_grad():  # a slot is its heads' value projections side by side: head h fills dims h*4:(h+1)*4
+        pool.value.weight.zero_()
+        pool.value.bias.copy_(torch.arange(8.0))
+    torch.testing.assert_close(pool(traj, mask), stabilize(torch.arange(8.0).expand(2, 3, 2, 8)))
+    with pytest.raises(ValueError, match="divide"):
+        AttentionSlotPooler(expert_dim=8, num_slots=2, heads=3)
 
 
 def cfg(**kw):

@@ -27,6 +27,7 @@ class InjectorSettings(StrictModel):
     pooling: Literal["stored", "attention"] = "stored"
     mixer_clamp: float | None = 10.0
     attention_dim: int = 64
+    attention_heads: int = Field(1, ge=1)  # heads per slot (pooling: attention); must divide the expert width
 
 
 @register_config

@@ -41,6 +41,7 @@ class InjectorConfig(StrictModel):
     semantic_dim: int = 0  # 0 = no semantic head
     mixer_clamp: float | None = 10.0
     attention_dim: int = 64
+    attention_heads: int = 1  # heads per slot, each with its own value projection (pooling: attention)
     expert: str = ""
     expert_fingerprint: str = ""  # of the expert that wrote the training memories
     base: dict = {}  # identity of the base it was trained for (see InjectedBase.identity)
@@ -60,7 +61,8 @@ class Injector(nn.Module):
         L = len(config.layers)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
             torch.manual_seed(seed)
-            self.pooler = (AttentionSlotPooler(config.expert_hidden, config.slots, config.attention_dim, seed)
+            self.pooler = (AttentionSlotPooler(config.expert_hidden, config.slots, config.attention_dim, seed,
+                                               config.attention_heads)
                            if config.pooling == "attention" else None)
             self.mixer = LayerMixer(L, config.slots, config.mixer_clamp)
             self.projector = GatedResidualProjector(config.expert_hidden, config.base_hidden)

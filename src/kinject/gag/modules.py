@@ -62,31 +62,45 @@ class SemanticHead(nn.Module):
 class AttentionSlotPooler(nn.Module):
     """Learned slot pooling: S learned queries attend over the expert's per-token states.
 
-    Keys come from the stabilized token states (a shared Linear), values are the token states
-    themselves; each query gives one slot per layer, then the slots are stabilized like the
-    fixed poolers'. It never sees the gold answer: it learns *where* the informative tokens
-    are from the training signal alone. `traj [B, L, T, d_e]`, `mask [B, T]` -> `[B, L, S, d_e]`.
-    A sample with no token (T = 0) gives zero slots.
+    Keys come from the stabilized token states (a shared Linear). With one head the values are
+    the token states themselves, so a slot is a convex mix of tokens: enough for a one-concept
+    value, not for a fresh multi-token name, whose token order an average loses. With H heads each
+    slot asks H questions, each head with its own value projection into d_e/H dims, and the slot is
+    their concatenation: one slot can then hold H tokens side by side. The slots are stabilized
+    like the fixed poolers'. It never sees the gold answer: it learns *where* the informative
+    tokens are from the training signal alone. `traj [B, L, T, d_e]`, `mask [B, T]` ->
+    `[B, L, S, d_e]`. A sample with no token (T = 0) gives zero slots.
     """
 
-    def __init__(self, expert_dim: int, num_slots: int, key_dim: int = 64, seed: int = 0):
+    def __init__(self, expert_dim: int, num_slots: int, key_dim: int = 64, seed: int = 0, heads: int = 1):
         super().__init__()
+        if heads < 1 or expert_dim % heads:
+            raise ValueError(f"attention heads must divide the expert width {expert_dim} (got {heads})")
         g = torch.Generator().manual_seed(seed)
-        self.queries = nn.Parameter(torch.randn(num_slots, key_dim, generator=g) * key_dim ** -0.5)
+        self.heads = heads
+        self.queries = nn.Parameter(torch.randn(num_slots * heads, key_dim, generator=g) * key_dim ** -0.5)
         self.key = nn.Linear(expert_dim, key_dim)
+        self.value = nn.Linear(expert_dim, expert_dim) if heads > 1 else None
         self.scale = key_dim ** -0.5
 
     def attention(self, traj: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Pooling weights `[B, L, S, T]` (all-masked rows -> 0)."""
+        """Pooling weights `[B, L, S*H, T]` (query s*H + h; all-masked rows -> 0)."""
         x = _clean(traj)
         k = self.key(F.layer_norm(x, (x.shape[-1],), eps=1e-6))  # [B, L, T, k]
-        scores = torch.einsum("sk,bltk->blst", self.queries, k) * self.scale
+        scores = torch.einsum("qk,bltk->blqt", self.queries, k) * self.scale
         m = mask[:, None, None, :].bool()
         # a finite fill + multiplying by the mask keeps all-masked rows at 0 without NaNs
         return torch.softmax(scores.masked_fill(~m, -1e9), dim=-1) * m
 
     def forward(self, traj: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return stabilize(torch.einsum("blst,bltd->blsd", self.attention(traj, mask), _clean(traj)))
+        x = _clean(traj)
+        w = self.attention(traj, mask)
+        if self.value is None:
+            return stabilize(torch.einsum("blst,bltd->blsd", w, x))
+        B, L, T, d = x.shape
+        v = self.value(x).reshape(B, L, T, self.heads, d // self.heads)
+        w = w.reshape(B, L, -1, self.heads, T)  # [B, L, S, H, T]
+        return stabilize(torch.einsum("blsht,blthe->blshe", w, v).reshape(B, L, -1, d))
 
 
 def _clean(x: torch.Tensor) -> torch.Tensor:

@@ -179,7 +179,8 @@ class Stage3Trainer:
                 expert_hidden=meta.expert_hidden, base_hidden=self.base.hidden_size, layers=list(meta.layers),
                 slots=meta.slots, pooling=self.cfg.injector.pooling, store_pooling=meta.pooling, tau=meta.tau,
                 semantic_dim=sem_dim, mixer_clamp=self.cfg.injector.mixer_clamp,
-                attention_dim=self.cfg.injector.attention_dim, expert=meta.expert,
+                attention_dim=self.cfg.injector.attention_dim,
+                attention_heads=self.cfg.injector.attention_heads, expert=meta.expert,
                 expert_fingerprint=meta.expert_fingerprint, base=self.base.identity(),
             ), seed=self.cfg.seed)
         inj.check_base(self.base.identity(), f"base {self.cfg.base}")
