@@ -105,6 +105,8 @@ def test_attention_pooler_heads():
     torch.testing.assert_close(pool(traj, mask), stabilize(torch.arange(8.0).expand(2, 3, 2, 8)))
     with pytest.raises(ValueError, match="divide"):
         AttentionSlotPooler(expert_dim=8, num_slots=2, heads=3)
+    with pytest.raises(UserError, match="attention_heads 3 must divide the expert width 8"):
+        Injector(cfg(pooling="attention", attention_heads=3))
 
 
 def cfg(**kw):

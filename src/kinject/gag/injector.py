@@ -57,6 +57,9 @@ class Injector(nn.Module):
         super().__init__()
         if config.slots < 1:
             raise UserError(f"injector slots must be >= 1 (got {config.slots})")
+        if config.pooling == "attention" and (config.attention_heads < 1 or config.expert_hidden % config.attention_heads):
+            raise UserError(f"injector.attention_heads {config.attention_heads} must divide the expert width "
+                            f"{config.expert_hidden}")
         self.config = config
         L = len(config.layers)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG

@@ -85,7 +85,9 @@ class AttentionSlotPooler(nn.Module):
 
     def attention(self, traj: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Pooling weights `[B, L, S*H, T]` (query s*H + h; all-masked rows -> 0)."""
-        x = _clean(traj)
+        return self._weights(_clean(traj), mask)
+
+    def _weights(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         k = self.key(F.layer_norm(x, (x.shape[-1],), eps=1e-6))  # [B, L, T, k]
         scores = torch.einsum("qk,bltk->blqt", self.queries, k) * self.scale
         m = mask[:, None, None, :].bool()
@@ -94,7 +96,7 @@ class AttentionSlotPooler(nn.Module):
 
     def forward(self, traj: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = _clean(traj)
-        w = self.attention(traj, mask)
+        w = self._weights(x, mask)
         if self.value is None:
             return stabilize(torch.einsum("blst,bltd->blsd", w, x))
         B, L, T, d = x.shape
