@@ -109,6 +109,29 @@ def test_attention_pooler_heads():
         Injector(cfg(pooling="attention", attention_heads=3))
 
 
+def test_attention_pooler_residual_mix():
+    torch.manual_seed(0)
+    pool = AttentionSlotPooler(expert_dim=8, num_slots=2, key_dim=4, heads=2, residual_mix=True)
+    traj = torch.randn(2, 3, 6, 8)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    noisy = traj.clone()
+    noisy[0, :, 4:] = 1e3  # padding changes nothing on either path
+    torch.testing.assert_close(pool(noisy, mask)[0], pool(traj, mask)[0])
+    with torch.no_grad():  # heads' values silenced: the slot is the whole-state mix alone
+        pool.value.weight.zero_()
+        pool.value.bias.zero_()
+        pool.whole_queries.zero_()  # uniform over the real tokens
+    torch.testing.assert_close(pool(traj, mask)[0], stabilize(traj[0, :, :4].mean(1, keepdim=True).expand(3, 2, 8)))
+    pool(traj, mask).sum().backward()
+    assert pool.whole_queries.grad is not None and pool.queries.grad is not None
+    with pytest.raises(ValueError, match="heads > 1"):
+        AttentionSlotPooler(expert_dim=8, num_slots=2, residual_mix=True)
+    with pytest.raises(UserError, match="residual_mix .*attention_heads > 1"):
+        Injector(cfg(pooling="attention", residual_mix=True))
+    inj = Injector(cfg(pooling="attention", attention_heads=2, residual_mix=True))
+    assert inj.pooler.whole_queries.shape == (3, 64)  # cfg(): 3 slots, default attention_dim 64
+
+
 def cfg(**kw):
     base = dict(expert_hidden=8, base_hidden=16, layers=["last", "minus2"], slots=3, semantic_dim=5)
     return InjectorConfig(**{**base, **kw})

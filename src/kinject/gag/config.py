@@ -28,6 +28,7 @@ class InjectorSettings(StrictModel):
     mixer_clamp: float | None = 10.0
     attention_dim: int = 64
     attention_heads: int = Field(1, ge=1)  # heads per slot (pooling: attention); must divide the expert width
+    residual_mix: bool = False  # heads > 1: also add a one-head mix of whole token states to each slot
 
 
 @register_config

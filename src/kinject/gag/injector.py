@@ -42,6 +42,7 @@ class InjectorConfig(StrictModel):
     mixer_clamp: float | None = 10.0
     attention_dim: int = 64
     attention_heads: int = 1  # heads per slot, each with its own value projection (pooling: attention)
+    residual_mix: bool = False  # heads > 1: also add a one-head mix of whole token states
     expert: str = ""
     expert_fingerprint: str = ""  # of the expert that wrote the training memories
     base: dict = {}  # identity of the base it was trained for (see InjectedBase.identity)
@@ -60,12 +61,15 @@ class Injector(nn.Module):
         if config.pooling == "attention" and (config.attention_heads < 1 or config.expert_hidden % config.attention_heads):
             raise UserError(f"injector.attention_heads {config.attention_heads} must divide the expert width "
                             f"{config.expert_hidden}")
+        if config.pooling == "attention" and config.residual_mix and config.attention_heads == 1:
+            raise UserError("injector.residual_mix adds a one-head mix to several heads: set "
+                            "injector.attention_heads > 1 (e.g. 8) or residual_mix: false")
         self.config = config
         L = len(config.layers)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
             torch.manual_seed(seed)
             self.pooler = (AttentionSlotPooler(config.expert_hidden, config.slots, config.attention_dim, seed,
-                                               config.attention_heads)
+                                               config.attention_heads, config.residual_mix)
                            if config.pooling == "attention" else None)
             self.mixer = LayerMixer(L, config.slots, config.mixer_clamp)
             self.projector = GatedResidualProjector(config.expert_hidden, config.base_hidden)

@@ -70,39 +70,55 @@ class AttentionSlotPooler(nn.Module):
     like the fixed poolers'. It never sees the gold answer: it learns *where* the informative
     tokens are from the training signal alone. `traj [B, L, T, d_e]`, `mask [B, T]` ->
     `[B, L, S, d_e]`. A sample with no token (T = 0) gives zero slots.
+
+    `residual_mix=True` (H > 1 only) adds to the heads' output a one-head convex mix of whole
+    token states, with its own S queries. Heads carry the digits of a 3-digit number; the whole-state
+    mix keeps what one head did well (categories, 4-digit years). Measured in
+    docs/gag-ablations.md ("Heads with a whole-state mix").
     """
 
-    def __init__(self, expert_dim: int, num_slots: int, key_dim: int = 64, seed: int = 0, heads: int = 1):
+    def __init__(self, expert_dim: int, num_slots: int, key_dim: int = 64, seed: int = 0, heads: int = 1,
+                 residual_mix: bool = False):
         super().__init__()
         if heads < 1 or expert_dim % heads:
             raise ValueError(f"attention heads must divide the expert width {expert_dim} (got {heads})")
+        if residual_mix and heads == 1:
+            raise ValueError("residual_mix adds a one-head mix to several heads: it needs attention heads > 1")
         g = torch.Generator().manual_seed(seed)
         self.heads = heads
         self.queries = nn.Parameter(torch.randn(num_slots * heads, key_dim, generator=g) * key_dim ** -0.5)
         self.key = nn.Linear(expert_dim, key_dim)
         self.value = nn.Linear(expert_dim, expert_dim) if heads > 1 else None
+        self.whole_queries = (nn.Parameter(torch.randn(num_slots, key_dim, generator=g) * key_dim ** -0.5)
+                              if residual_mix else None)
         self.scale = key_dim ** -0.5
 
     def attention(self, traj: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Pooling weights `[B, L, S*H, T]` (query s*H + h; all-masked rows -> 0)."""
-        return self._weights(_clean(traj), mask)
+        """Pooling weights of the heads `[B, L, S*H, T]` (query s*H + h; all-masked rows -> 0)."""
+        return self._attend(self._keys(_clean(traj)), self.queries, mask)
 
-    def _weights(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        k = self.key(F.layer_norm(x, (x.shape[-1],), eps=1e-6))  # [B, L, T, k]
-        scores = torch.einsum("qk,bltk->blqt", self.queries, k) * self.scale
+    def _keys(self, x: torch.Tensor) -> torch.Tensor:
+        return self.key(F.layer_norm(x, (x.shape[-1],), eps=1e-6))  # [B, L, T, k]
+
+    def _attend(self, k: torch.Tensor, queries: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = torch.einsum("qk,bltk->blqt", queries, k) * self.scale
         m = mask[:, None, None, :].bool()
         # a finite fill + multiplying by the mask keeps all-masked rows at 0 without NaNs
         return torch.softmax(scores.masked_fill(~m, -1e9), dim=-1) * m
 
     def forward(self, traj: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = _clean(traj)
-        w = self._weights(x, mask)
+        k = self._keys(x)
+        w = self._attend(k, self.queries, mask)
         if self.value is None:
             return stabilize(torch.einsum("blst,bltd->blsd", w, x))
         B, L, T, d = x.shape
         v = self.value(x).reshape(B, L, T, self.heads, d // self.heads)
         w = w.reshape(B, L, -1, self.heads, T)  # [B, L, S, H, T]
-        return stabilize(torch.einsum("blsht,blthe->blshe", w, v).reshape(B, L, -1, d))
+        out = torch.einsum("blsht,blthe->blshe", w, v).reshape(B, L, -1, d)
+        if self.whole_queries is not None:
+            out = out + torch.einsum("blst,bltd->blsd", self._attend(k, self.whole_queries, mask), x)
+        return stabilize(out)
 
 
 def _clean(x: torch.Tensor) -> torch.Tensor:

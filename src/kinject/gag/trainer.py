@@ -180,7 +180,8 @@ class Stage3Trainer:
                 slots=meta.slots, pooling=self.cfg.injector.pooling, store_pooling=meta.pooling, tau=meta.tau,
                 semantic_dim=sem_dim, mixer_clamp=self.cfg.injector.mixer_clamp,
                 attention_dim=self.cfg.injector.attention_dim,
-                attention_heads=self.cfg.injector.attention_heads, expert=meta.expert,
+                attention_heads=self.cfg.injector.attention_heads, residual_mix=self.cfg.injector.residual_mix,
+                expert=meta.expert,
                 expert_fingerprint=meta.expert_fingerprint, base=self.base.identity(),
             ), seed=self.cfg.seed)
         inj.check_base(self.base.identity(), f"base {self.cfg.base}")
