@@ -28,6 +28,13 @@ def test_methods_suite_random(tmp_path):
     assert (tmp_path / "summary.md").read_text().startswith("# kinject bench methods")
     assert data["setup"]["source"] == "random" and len(data["environment"]["load_avg_1m_5m_15m"]) == 3
     assert set(data["summary"]) == {"base", "rag_k1", "rag_k3", "text_injection", "gag", "grip"}
+    # the GAG timed is the shipped one: the Stage III preset's attention pooling, heads and mix
+    from kinject.bench.setup import shipped_gag_preset
+
+    inj = shipped_gag_preset()[0]
+    assert data["gag_injector"]["pooling"] == inj.pooling == "attention"
+    assert (data["gag_injector"]["attention_heads"], data["gag_injector"]["residual_mix"]) == (
+        inj.attention_heads, inj.residual_mix)
     for name, s in data["summary"].items():
         assert s["n"] == 2 and s["prefill_forward_ms_mean"] > 0 and s["e2e_ms_p90"] >= s["e2e_ms_p50"] > 0, name
         assert s["throughput_questions_per_s"] > 0

@@ -103,12 +103,26 @@ def bench_text_injection(ctx: Ctx, row: dict) -> dict:
     return rec
 
 
+def injector_inputs(injector, states: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The injector's forward kwargs for online memories, as `GagPipeline.memories` builds them:
+    padded trajectories for an attention-pooling injector (the shipped one), else the stored
+    slots' compression."""
+    from kinject.memory.compress import compress
+    from kinject.memory.store import pad_trajectories
+
+    c = injector.config
+    if injector.needs_trajectories:
+        traj, mask = pad_trajectories(states, len(c.layers), c.expert_hidden)
+        return {"traj": traj, "traj_mask": mask}
+    return {"slots": torch.stack([compress(s, c.slots, c.store_pooling, c.tau) for s in states])}
+
+
 @torch.no_grad()
 def bench_gag(ctx: Ctx, row: dict) -> dict:
     """End to end through `GagPipeline.answer`, then the same question by components for the
-    breakdown (expert generation, state read, slot compression, injector, base prefill/decode)."""
+    breakdown (expert generation, state read, memory inputs (slot compression or trajectory
+    padding), injector (with its attention pooling when it has one), base prefill/decode)."""
     from kinject.memory.background import continuation_states
-    from kinject.memory.compress import compress
 
     q, instr = row["question"], row.get("instruction")
     pipe, icfg = ctx.pipe, ctx.pipe.injector.config
@@ -117,11 +131,11 @@ def bench_gag(ctx: Ctx, row: dict) -> dict:
     e2e = (time.perf_counter() - t) * 1000
     prompts, bg, etm = _expert_background(ctx, q)
     t1 = time.perf_counter()
-    states = continuation_states(ctx.expert, ctx.etok, prompts, [bg.token_ids], icfg.layers)[0]
+    states = continuation_states(ctx.expert, ctx.etok, prompts, [bg.token_ids], icfg.layers)
     t2 = time.perf_counter()
-    slots = compress(states, icfg.slots, icfg.store_pooling, icfg.tau)[None]
+    inputs = injector_inputs(pipe.injector, states)
     t3 = time.perf_counter()
-    z = pipe.injector(slots=slots)
+    z = pipe.injector(**inputs)
     t4 = time.perf_counter()
     clock = StepClock()
     from transformers import LogitsProcessorList
@@ -328,6 +342,9 @@ def run_methods(cfg: MethodsBenchConfig, out: Path, progress: bool = True) -> di
     result = {"config": cfg.model_dump(), "setup": setup.describe(), "datasets": {
                   "private": "materials dev" if setup.source == "demo" else "synthetic",
                   "grip": "wiki test (GRIP's domain)" if setup.source == "demo" else "synthetic"},
+              # which GAG was timed: the published numbers must name the injector they describe
+              "gag_injector": ctx.pipe.injector.config.model_dump(
+                  include={"pooling", "attention_heads", "residual_mix", "slots", "layers"}),
               "summary": summary, "targets": targets(per_q, summary), "throughput": thr, "per_question": per_q}
     lines = [f"Inputs: {setup.source} ({setup.base}); {len(rows)} questions at batch 1, "
              f"throughput over {n} at batch {cfg.batch_size}. Times in ms.", ""]

@@ -11,6 +11,21 @@ from kinject.bench.config import Artifacts
 from kinject.errors import UserError
 
 RANDOM_SYSTEM = "You are an expert in catalytic materials."
+REPO = Path(__file__).resolve().parents[3]
+# the shipped tiny GAG presets: the random setup's injector and memories take their settings, so a
+# suite timed without the demo's artifacts still runs the GAG that ships (pooling, heads, mix)
+STAGE3_PRESET = REPO / "configs/gag/materials_stage3_tiny.yaml"
+MEMORY_PRESET = REPO / "configs/gag/materials_memory_tiny.yaml"
+
+
+def shipped_gag_preset():
+    """(injector settings of the Stage III preset, its memory build config)."""
+    from kinject.config import load_config
+    from kinject.gag.config import Stage3Config
+    from kinject.memory.config import MemoryBuildConfig
+
+    stage3 = load_config(STAGE3_PRESET, [], expect=Stage3Config)
+    return stage3.injector, load_config(MEMORY_PRESET, [], expect=MemoryBuildConfig)
 
 
 @dataclass
@@ -58,8 +73,10 @@ def demo_setup(art: Artifacts) -> Setup:
 
 
 def random_setup(work: Path, seed: int = 0) -> Setup:
-    """Tiny random base (64 wide, 2 layers), expert (48 wide, 3 layers) and injector, with a
-    synthetic question set and knowledge base; the GRIP policy is the random base."""
+    """Tiny random base (64 wide, 2 layers), expert (48 wide, 3 layers, as deep as the shipped
+    tiny expert) and an untrained injector configured as the shipped Stage III preset (memory
+    layers and slots of the shipped memory preset), with a synthetic question set and knowledge
+    base; the GRIP policy is the random base."""
     from kinject.gag.injector import Injector, InjectorConfig
     from kinject.models import TinySpec, make_tiny_model, save_model
     from kinject.retrieval.base import Doc
@@ -71,7 +88,11 @@ def random_setup(work: Path, seed: int = 0) -> Setup:
     expert = make_tiny_model(TinySpec(vocab=600, hidden=48, layers=3, heads=4), tokenizer=tok, seed=seed + 1)
     save_model(base, tok, work / "base")
     save_model(expert, tok, work / "expert")
-    Injector(InjectorConfig(expert_hidden=48, base_hidden=64, layers=["last", "minus2"], slots=4),
+    inj, mem = shipped_gag_preset()
+    Injector(InjectorConfig(expert_hidden=48, base_hidden=64, layers=list(mem.layers), slots=mem.slots,
+                            pooling=inj.pooling, store_pooling=mem.pooling, tau=mem.tau,
+                            mixer_clamp=inj.mixer_clamp, attention_dim=inj.attention_dim,
+                            attention_heads=inj.attention_heads, residual_mix=inj.residual_mix),
              seed=seed).save(work / "injector")
     rows, docs = [], []
     for i in range(64):
@@ -86,7 +107,8 @@ def random_setup(work: Path, seed: int = 0) -> Setup:
                  for i in range(32)]
     return Setup("random", str(work / "base"), str(work / "expert"), str(work / "injector"), str(work / "base"),
                  RANDOM_SYSTEM, rows, grip_rows, docs, None, grip_docs,
-                 ["tiny random models built on the fly: timings only, accuracy is meaningless"])
+                 ["tiny random models built on the fly (injector: the shipped Stage III preset, untrained): timings only, "
+                  "accuracy is meaningless"])
 
 
 def resolve_setup(source: str, art: Artifacts, work: Path) -> Setup:

@@ -125,11 +125,14 @@ def bench_grip_sft(cfg, data: dict, work: Path) -> dict:
 
 
 def bench_stage3(cfg, data: dict, work: Path) -> dict:
+    from kinject.bench.setup import shipped_gag_preset
     from kinject.gag.config import PhaseConfig, Stage3Config
     from kinject.gag.trainer import Stage3Trainer, batch_indices, stage3_losses
 
     batch = 32
+    # the shipped preset's injector (attention pooling, heads, residual mix), not the config default
     c = Stage3Config(base=data["base"], out=str(work / "stage3"), threads=cfg.threads,
+                     injector=shipped_gag_preset()[0],
                      domain=PhaseConfig(data=data["stage3_rows"], memory=data["stage3_memory"],
                                         steps=cfg.warmup_steps + cfg.steps, batch_size=batch, lr=5e-4))
     tr = Stage3Trainer(c)
@@ -166,6 +169,7 @@ def bench_memory(cfg, data: dict, work: Path) -> dict:
     the memory suite's function would impose its own layer keys on the demo's 3-layer expert."""
     import shutil
 
+    from kinject.bench.setup import shipped_gag_preset
     from kinject.memory.build import build_memory
     from kinject.memory.config import MemoryBuildConfig
 
@@ -173,6 +177,7 @@ def bench_memory(cfg, data: dict, work: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     c = MemoryBuildConfig(expert=data["expert"], questions=[data["memory_questions"]], out=str(out),
                           layers=data["memory_layers"], slots=4, max_new_tokens=48, batch_size=32, dtype="float16",
+                          keep_trajectories=shipped_gag_preset()[1].keep_trajectories,
                           device="cpu", system=data.get("system", ""), threads=cfg.threads)
     c0 = time.process_time()
     r = build_memory(c, progress=False)
@@ -205,6 +210,8 @@ STAGES = {"dapt": bench_dapt, "sft": bench_sft, "stage3": bench_stage3, "memory"
 
 def stage_data(cfg: StagesBenchConfig, work: Path) -> tuple[str, dict]:
     """Inputs of each stage: the demo's files, or synthetic ones with tiny random models."""
+    from kinject.bench.setup import shipped_gag_preset
+
     art = cfg.artifacts
     root = Path(art.root)
     world = root / "world" / "world"
@@ -217,18 +224,19 @@ def stage_data(cfg: StagesBenchConfig, work: Path) -> tuple[str, dict]:
             "memory_questions": str(world / "materials_domain" / "qa_dev.jsonl"), "system": art.system,
             "ppr_banks": str(root / "ppr" / "banks"), "ppr_questions": str(world / "mixed_domain" / "online" / "mixed.jsonl")}
     present = all(Path(v).exists() for k, v in demo.items() if k != "system")
-    demo["memory_layers"] = ["last", "minus2", "minus3"]  # the demo expert's memory layers
+    demo["memory_layers"] = list(shipped_gag_preset()[1].layers)  # the demo expert's memory layers
     if cfg.source == "demo" or (cfg.source == "auto" and present):
         return "demo", demo
     return "random", random_data(work / "random")
 
 
 def random_data(work: Path) -> dict:
-    from kinject.bench.setup import random_setup
+    from kinject.bench.setup import random_setup, shipped_gag_preset
     from kinject.memory.build import build_memory
     from kinject.memory.config import MemoryBuildConfig
 
     s = random_setup(work / "models")
+    mem = shipped_gag_preset()[1]
     rows = [{"id": f"r{i}", "question": r["question"], "answer": r["answer"][0], "instruction": r["instruction"],
              "input": r["question"], "output": r["answer"][0]} for i, r in enumerate(s.rows)]
     write_jsonl_atomic(work / "qa.jsonl", rows)
@@ -238,12 +246,13 @@ def random_data(work: Path) -> dict:
     import shutil
 
     shutil.rmtree(store, ignore_errors=True)
+    # the shipped memory preset's layers, slots and trajectories (what stage3's attention pooling reads)
     build_memory(MemoryBuildConfig(expert=s.expert, questions=[str(work / "qa.jsonl")], out=str(store),
-                                   layers=["last", "minus2"], slots=4, max_new_tokens=16, device="cpu",
-                                   system=s.system), progress=False)
+                                   layers=mem.layers, slots=mem.slots, keep_trajectories=mem.keep_trajectories,
+                                   max_new_tokens=16, device="cpu", system=s.system), progress=False)
     return {"expert_init": s.expert, "base": s.base, "corpus": str(work / "corpus.jsonl"), "qa": str(work / "qa.jsonl"),
             "stage3_rows": str(work / "qa.jsonl"), "stage3_memory": str(store), "expert": s.expert,
-            "memory_questions": str(work / "qa.jsonl"), "memory_layers": ["last", "minus2"], "system": s.system}
+            "memory_questions": str(work / "qa.jsonl"), "memory_layers": list(mem.layers), "system": s.system}
 
 
 def run_stages(cfg: StagesBenchConfig, out: Path) -> dict:

@@ -235,15 +235,8 @@ class MemoryStore:
 
     def trajectories(self, ids: Sequence[str], dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded `[B, L, Tmax, d]` and a bool mask `[B, Tmax]` (True = real token)."""
-        trs = [self.trajectory(i) for i in ids]
         L, _, d = self.shape
-        tmax = max([t.shape[1] for t in trs] + [1])
-        x = torch.zeros(len(trs), L, tmax, d, dtype=dtype)
-        mask = torch.zeros(len(trs), tmax, dtype=torch.bool)
-        for i, t in enumerate(trs):
-            x[i, :, :t.shape[1]] = t.to(dtype)
-            mask[i, :t.shape[1]] = True
-        return x, mask
+        return pad_trajectories([self.trajectory(i) for i in ids], L, d, dtype)
 
     # ----------------------------------------------------------------- checks / stats
     def verify(self) -> None:
@@ -286,6 +279,20 @@ class MemoryStore:
         for b in range(lo, hi + 1, width):
             out.append((b, b + width - 1, sum(b <= t < b + width for t in tokens)))
         return out
+
+
+def pad_trajectories(states: Sequence[torch.Tensor], layers: int, dim: int,
+                     dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token states `[L, T_i, d]` -> right-padded `[B, L, Tmax, d]` and a bool mask `[B, Tmax]`
+    (True = real token; Tmax >= 1 so an empty trajectory still has a column): the attention
+    pooler's input, for stored and online memories alike."""
+    tmax = max([t.shape[1] for t in states] + [1])
+    x = torch.zeros(len(states), layers, tmax, dim, dtype=dtype)
+    mask = torch.zeros(len(states), tmax, dtype=torch.bool)
+    for i, t in enumerate(states):
+        x[i, :, :t.shape[1]] = t.to(dtype)
+        mask[i, :t.shape[1]] = True
+    return x, mask
 
 
 def merge_stores(target: str | Path, parts: Sequence[str | Path], order: Sequence[str] | None = None,
