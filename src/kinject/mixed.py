@@ -72,6 +72,7 @@ class MixedOptions(StrictModel):
     domains: dict[str, DomainOptions] = {}
     grip: GripOptions | None = None
     margin: float | None = None  # best - second score below it -> `general` (the plain base)
+    abstain: bool = True  # a specialist below its bank's calibrated threshold -> `general`
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = 16
@@ -287,7 +288,7 @@ class MixedPipeline:
         from kinject.ppr.router import Router
 
         check_paths(opts, hint)
-        router = Router.from_dir(opts.banks, encoder=encoder, margin=opts.margin)
+        router = Router.from_dir(opts.banks, encoder=encoder, margin=opts.margin, abstain=opts.abstain)
         models = ModelCache(opts.device, opts.dtype)
         banks = list(router.banks)
         for name, d in opts.domains.items():
@@ -300,7 +301,7 @@ class MixedPipeline:
         if grip is not None and grip.route not in router.domains and grip.bank is not None:
             banks.append(load_domain_bank(grip.bank, grip.route, router.encoder))
         if len(banks) != len(router.banks):
-            router = Router(router.encoder, banks, opts.margin)
+            router = Router(router.encoder, banks, opts.margin, opts.abstain)
         routes: dict[str, Any] = {}
         if GENERAL in router.domains:
             routes[GENERAL] = ClosedBookRoute(models, opts.base, opts.max_new_tokens, opts.batch_size)
@@ -350,7 +351,7 @@ class MixedPipeline:
             old = self._snap
             if name in old.routes:
                 raise UserError(f"domain {name!r} is already served; remove it first to replace it")
-            router = Router(old.router.encoder, [*old.router.banks, bank], old.router.margin)
+            router = Router(old.router.encoder, [*old.router.banks, bank], old.router.margin, old.router.abstain)
             self._snap = Snapshot(router, MappingProxyType({**old.routes, name: method}), old.version + 1)
             return self._snap
 
@@ -366,7 +367,7 @@ class MixedPipeline:
             banks = [b for b in old.router.banks if b.domain != name]
             if not banks:
                 raise UserError(f"{name!r} is the only route; a router needs at least one bank")
-            router = Router(old.router.encoder, banks, old.router.margin)
+            router = Router(old.router.encoder, banks, old.router.margin, old.router.abstain)
             self._snap = Snapshot(router, MappingProxyType({k: v for k, v in old.routes.items() if k != name}),
                                   old.version + 1)
             return self._snap

@@ -263,7 +263,8 @@ def test_bank_from_another_encoder_is_refused(world, tiny_model_dir, minilm, tmp
         add_domain(banks, "materials", offline(world, "materials")[0][1], CFG, minilm, progress=False)
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated", "index", "shape"])
+@pytest.mark.parametrize("damage", ["missing", "truncated", "index", "shape", "huge_row", "bytes", "no_checksum",
+                                    "threshold"])
 def test_damaged_banks_dir_is_a_user_error(banks2, minilm, tmp_path, damage):
     d = tmp_path / "b"
     shutil.copytree(banks2, d)
@@ -274,11 +275,99 @@ def test_damaged_banks_dir_is_a_user_error(banks2, minilm, tmp_path, damage):
         (d / "materials.safetensors").write_bytes(data[: len(data) // 2])
     elif damage == "index":
         (d / "banks.json").write_text("{not json")
+    elif damage == "huge_row":  # finite, but it would win every question
+        from safetensors.numpy import load_file, save_file
+
+        t = load_file(str(d / "materials.safetensors"))["prototypes"]
+        t[0] = 1e30
+        save_file({"prototypes": t}, str(d / "materials.safetensors"))
+    elif damage == "bytes":  # 200 random bytes over the tensor's data (the header stays valid)
+        data = bytearray((d / "materials.safetensors").read_bytes())
+        data[-400:-200] = np.random.default_rng(0).integers(0, 256, 200, dtype=np.uint8).tobytes()
+        (d / "materials.safetensors").write_bytes(bytes(data))
+    elif damage == "no_checksum":
+        meta = json.loads((d / "materials.json").read_text())
+        (d / "materials.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "prototypes_sha256"}))
+    elif damage == "threshold":
+        meta = json.loads((d / "materials.json").read_text())
+        (d / "materials.json").write_text(json.dumps({**meta, "threshold": "high"}))
     else:
         meta = json.loads((d / "materials.json").read_text())
         (d / "materials.json").write_text(json.dumps({**meta, "k": 31}))
     with pytest.raises(UserError, match="banks dir|rebuild"):
         Router.from_dir(d, minilm)
+
+
+def test_bank_records_a_checksum_of_its_prototypes(banks2):
+    from kinject.ppr.banks import check_prototypes, prototypes_sha256
+
+    bank = load_bank(banks2, "materials")
+    assert bank.meta["prototypes_sha256"] == prototypes_sha256(bank.prototypes)
+    changed = bank.prototypes.copy()
+    changed[[0, 1]] = changed[[1, 0]]  # still unit rows, still finite: only the checksum sees it
+    assert "checksum" in check_prototypes(changed, bank.meta)
+
+
+# ------------------------------------------------------------------ abstention
+
+
+def test_thresholds_send_a_removed_domains_questions_to_general():
+    from kinject.ppr.calibrate import abstention_report, choose_thresholds
+
+    domains = ["general", "a", "b"]
+    rng = np.random.default_rng(0)
+    rows, labels = [], []
+    for j, d in enumerate(domains):  # own domain ~0.8, the others ~0.45 (b's questions a bit closer to a)
+        for _ in range(40):
+            row = rng.normal(0.45, 0.04, 3)
+            row[j] = rng.normal(0.8, 0.04)
+            if d == "b":
+                row[1] = rng.normal(0.55, 0.04)
+            rows.append(row)
+            labels.append(d)
+    scores = np.array(rows)
+    thr = choose_thresholds(scores, domains, labels)
+    assert set(thr) == {"a", "b"} and 0.6 < thr["a"] < 0.75 and 0.5 < thr["b"] < 0.75
+    rep = abstention_report(scores, domains, labels, thr)
+    no, yes = rep["without_abstention"], rep["with_abstention"]
+    assert no["removed"]["b"]["to_other_specialist"] == 40  # every b question lands on a without thresholds
+    assert yes["removed"]["b"]["to_other_specialist"] <= 1 and yes["removed"]["b"]["to_general"] >= 39
+    assert no["accuracy"] == 1.0 and rep["accuracy_cost"] == pytest.approx(1.0 - yes["accuracy"], abs=1e-4)
+    with pytest.raises(UserError, match="general"):
+        choose_thresholds(scores[:, 1:], ["a", "b"], labels)
+
+
+def test_calibrated_thresholds_are_recorded_and_applied(banks3, world, minilm, tmp_path):
+    from kinject.ppr.banks import write_thresholds
+    from kinject.ppr.calibrate import calibrate
+
+    d = tmp_path / "b"
+    shutil.copytree(banks3, d)
+    data = read_labelled(world / "mixed_domain" / "online" / "mixed.jsonl")
+    rep = calibrate(Router.from_dir(d, minilm, abstain=False), [r.question for r in data], [r.label for r in data])
+    assert set(rep["thresholds"]) == {"materials", "adjuvant"} and rep["split"]["test"] > 0
+    write_thresholds(d, rep["thresholds"], rep)
+    assert json.loads((d / "calibration.json").read_text())["thresholds"] == rep["thresholds"]
+    router = Router.from_dir(d, minilm)
+    assert router.thresholds == pytest.approx(rep["thresholds"])
+    assert router.status()["domains"]["materials"]["threshold_source"] == "calibrated"
+    assert Router.from_dir(d, minilm, abstain=False).thresholds == {}
+    # a question far from every specialist goes to general; with abstention off it does not
+    q = "Xylophone quantum marmalade?"
+    dec, off = router.route(q), Router.from_dir(d, minilm, abstain=False).route(q)
+    best = max(("materials", "adjuvant"), key=lambda k: dec.scores[k])
+    if dec.scores[best] < router.thresholds[best] and off.route != "general":
+        assert dec.route == "general" and dec.fallback and dec.threshold == router.thresholds[best]
+    # every score is held to its route's threshold
+    for dec in router.route_batch([r.question for r in data]):
+        if dec.route != "general":
+            assert dec.scores[dec.route] >= router.thresholds[dec.route]
+    # a bank added without calibration gets the median of the calibrated ones
+    remove_domain(d, "adjuvant")
+    add_domain(d, "adjuvant", offline(world, "adjuvant")[0][1], CFG, minilm, progress=False)
+    r2 = Router.from_dir(d, minilm)
+    assert r2.threshold_source == {"materials": "calibrated", "adjuvant": "default"}
+    assert r2.thresholds["adjuvant"] == pytest.approx(rep["thresholds"]["materials"])
 
 
 # ------------------------------------------------------------------ evaluation

@@ -4,7 +4,14 @@ A banks directory holds one bank per domain plus an index:
 
     BANKS_DIR/banks.json              format, encoder (kind, path, id, dim), domain order
     BANKS_DIR/<domain>.safetensors    "prototypes": float32 [k, dim], rows L2-normalized
-    BANKS_DIR/<domain>.json           domain, encoder id, dim, k, source file + sha256, created
+    BANKS_DIR/<domain>.json           domain, encoder id, dim, k, source file + sha256, created,
+                                      prototypes_sha256 (of the tensor's bytes), threshold
+                                      (after `kinject ppr calibrate`)
+    BANKS_DIR/calibration.json        how the thresholds were chosen and what they cost
+
+Every load checks a bank (`check_prototypes`): finite values, unit-norm rows, shape, and the
+checksum recorded at build time, so a bank edited by hand or corrupted on disk is refused
+instead of silently attracting every question.
 
 Adding or removing a domain rewrites no other bank: the directory is copied to a temporary
 sibling, changed there, and swapped in only on success (`kinject.io.atomic_dir`), so a failed
@@ -31,6 +38,8 @@ from kinject.ppr.encoders import Encoder, count_over, cpu_threads, load_encoder
 INDEX = "banks.json"
 FORMAT = "kinject-ppr-banks/1"
 TENSOR = "prototypes"
+CALIBRATION = "calibration.json"
+NORM_TOLERANCE = 1e-3  # |‖row‖ - 1| above it: not a bank this code wrote
 DOMAIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -125,6 +134,32 @@ def kmeans_prototypes(emb: np.ndarray, k: int, n_init: int, seed: int) -> tuple[
     return cent, float(km.inertia_)
 
 
+def prototypes_sha256(protos: np.ndarray) -> str:
+    """Checksum of the prototypes' float32 bytes (not the file's: its header may change)."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(protos, dtype="<f4").tobytes()).hexdigest()
+
+
+def check_prototypes(protos: np.ndarray, meta: dict, dim: int | None = None) -> str | None:
+    """What is wrong with a bank's prototypes, or None."""
+    expect_dim = dim if dim is not None else meta.get("dim")
+    if protos.ndim != 2 or protos.shape[0] != meta.get("k") or protos.shape[1] != expect_dim:
+        return f"has shape {list(protos.shape)}, metadata says k={meta.get('k')}, dim={expect_dim}"
+    if not np.all(np.isfinite(protos)):
+        return "has non-finite values"
+    norms = np.linalg.norm(protos.astype(np.float64), axis=1)
+    worst = float(np.max(np.abs(norms - 1.0))) if len(norms) else 0.0
+    if worst > NORM_TOLERANCE:
+        return f"has rows that are not unit-norm (|norm - 1| up to {worst:.3g} > {NORM_TOLERANCE:g})"
+    expected = meta.get("prototypes_sha256")
+    if not expected:
+        return "has no prototypes_sha256 in its metadata (built by an older version)"
+    if prototypes_sha256(protos) != expected:
+        return "does not match the checksum recorded when it was built (changed on disk)"
+    return None
+
+
 def build_bank(dq: DomainQuestions, encoder: Encoder, cfg: PPRConfig, progress: bool = True) -> Bank:
     emb = encoder.encode(dq.questions, progress=progress)
     over = count_over(encoder, dq.questions)
@@ -144,6 +179,7 @@ def build_bank(dq: DomainQuestions, encoder: Encoder, cfg: PPRConfig, progress: 
         "inertia": round(inertia, 6),
         "source_file": str(dq.source.resolve()),
         "source_sha256": dq.sha256,
+        "prototypes_sha256": prototypes_sha256(protos),
         "created": _now(),
     }
     return Bank(dq.domain, protos, meta)
@@ -189,11 +225,12 @@ def load_bank(banks_dir: Path, domain: str, encoder_id: str | None = None, dim: 
             f"not {encoder_id!r}: its prototypes are not comparable; route with the bank's encoder "
             "or rebuild the bank with this one"
         )
-    expect_dim = dim if dim is not None else meta.get("dim")
-    if protos.ndim != 2 or protos.shape[0] != meta.get("k") or protos.shape[1] != expect_dim:
-        raise _corrupt(banks_dir, f"{tensor_f.name} has shape {list(protos.shape)}, metadata says k={meta.get('k')}, dim={expect_dim}")
-    if not np.all(np.isfinite(protos)):
-        raise _corrupt(banks_dir, f"{tensor_f.name} has non-finite values")
+    problem = check_prototypes(protos, meta, dim)
+    if problem:
+        raise _corrupt(banks_dir, f"{tensor_f.name} {problem}")
+    threshold = meta.get("threshold")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and np.isfinite(threshold)):
+        raise _corrupt(banks_dir, f"{meta_f.name} has a bad threshold {threshold!r}")
     return Bank(domain, protos.astype(np.float32, copy=False), meta)
 
 
@@ -311,3 +348,25 @@ def remove_domain(banks_dir: str | Path, name: str) -> list[str]:
         index = {**index, "domains": rest, "updated": _now()}
         write_json_atomic(tmp / INDEX, index)
     return rest
+
+
+def write_thresholds(banks_dir: str | Path, thresholds: dict[str, float], report: dict) -> None:
+    """Record calibrated per-domain thresholds in the banks' metadata and the report in
+    `calibration.json` (atomic: temp dir + swap; the tensors are copied byte for byte)."""
+    d = Path(banks_dir)
+    index = read_index(d)
+    unknown = sorted(set(thresholds) - set(index["domains"]))
+    if unknown:
+        raise UserError(f"thresholds for domains not in {d}: {', '.join(unknown)}")
+    metas = {}
+    for name in index["domains"]:
+        bank = load_bank(d, name)  # refuse to calibrate a broken dir
+        meta = {k: v for k, v in bank.meta.items() if k != "threshold"}
+        if name in thresholds:
+            meta["threshold"] = round(float(thresholds[name]), 6)
+        metas[name] = meta
+    with atomic_dir(d) as tmp:
+        _copy_into(d, tmp, skip={CALIBRATION})
+        for name, meta in metas.items():
+            write_json_atomic(tmp / f"{name}.json", meta)
+        write_json_atomic(tmp / CALIBRATION, report)

@@ -26,6 +26,7 @@ BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="encoding bat
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:1")]
 MarginOpt = Annotated[float | None, typer.Option("--margin", help="fall back to `general` when best - second < margin")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+NoAbstainOpt = Annotated[bool, typer.Option("--no-abstain", help="ignore the banks' calibrated thresholds")]
 
 
 def _config(config: Path | None, encoder: str | None = None, k: int | None = None,
@@ -145,11 +146,47 @@ def remove(
     typer.echo(f"removed {domain} from {banks}; domains: {', '.join(rest)}")
 
 
+@ppr_app.command("calibrate")
+def calibrate_cmd(
+    banks: BanksOpt,
+    data: Annotated[Path, typer.Option("--data", help="held-out JSONL with `question` and a domain name in `domain`")],
+    fraction: Annotated[float, typer.Option("--fraction", help="share of --data used to choose the thresholds "
+                                                               "(the rest reports their cost)")] = 0.5,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the calibration/test split")] = 0,
+    config: ConfigOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Choose each domain's abstention threshold on held-out questions; record it in the banks."""
+    from kinject.io import require_file
+    from kinject.ppr.banks import write_thresholds
+    from kinject.ppr.calibrate import calibrate
+    from kinject.ppr.evaluate import read_labelled
+    from kinject.ppr.router import Router
+
+    require_file(data, "--data file")
+    cfg, _ = _config(config, None, device=device)
+    rows = read_labelled(data)
+    router = Router.from_dir(banks, _router_encoder(banks, cfg, False), abstain=False)
+    report = calibrate(router, [r.question for r in rows], [r.label for r in rows], fraction, seed)
+    report["data"] = str(data)
+    write_thresholds(banks, report["thresholds"], report)
+    t = report["test"]
+    typer.echo(f"thresholds: {json.dumps(report['thresholds'])}")
+    typer.echo(f"test split ({t['n']} questions): accuracy {t['without_abstention']['accuracy']} without, "
+               f"{t['with_abstention']['accuracy']} with abstention (cost {t['accuracy_cost']})")
+    for d, row in t["with_abstention"]["removed"].items():
+        before = t["without_abstention"]["removed"][d]["to_other_specialist"]
+        typer.echo(f"  {d} removed: {row['to_other_specialist']}/{row['n']} of its questions answered by another "
+                   f"specialist (without abstention: {before})")
+    typer.echo(f"wrote the thresholds into {banks} (calibration.json)")
+
+
 @ppr_app.command("route")
 def route(
     banks: BanksOpt,
     question: Annotated[list[str], typer.Argument(help="question(s) to route", show_default=False)],
     margin: MarginOpt = None,
+    no_abstain: NoAbstainOpt = False,
     encoder: EncoderOpt = None,
     config: ConfigOpt = None,
     device: DeviceOpt = None,
@@ -158,7 +195,7 @@ def route(
     from kinject.ppr.router import Router
 
     cfg, given = _config(config, encoder, device=device, margin=margin)
-    router = Router.from_dir(banks, _router_encoder(banks, cfg, given), margin=cfg.margin)
+    router = Router.from_dir(banks, _router_encoder(banks, cfg, given), margin=cfg.margin, abstain=not no_abstain)
     decisions = router.route_batch(question)
     for q, d in zip(question, decisions):
         if d.truncated_from is not None:
@@ -173,6 +210,7 @@ def eval_cmd(
     data: Annotated[Path, typer.Option("--data", help="JSONL with `question` and a domain name in `domain` or `label`")],
     out: Annotated[Path, typer.Option("--out", help="output directory (results.jsonl, confusion matrix, ...)")],
     margin: MarginOpt = None,
+    no_abstain: NoAbstainOpt = False,
     only: Annotated[list[str] | None, typer.Option("--only", help="evaluate only questions labelled with this domain (repeat)")] = None,
     dataset: Annotated[str | None, typer.Option(help="dataset name in results.jsonl (default: data file stem)")] = None,
     split: Annotated[str | None, typer.Option(help="split name in results.jsonl (default: data file's directory name)")] = None,
@@ -195,7 +233,7 @@ def eval_cmd(
     require_file(data, "--data file")
     cfg, given = _config(config, encoder, batch_size=batch_size, device=device, margin=margin)
     rows = read_labelled(data, only)
-    router = Router.from_dir(banks, _router_encoder(banks, cfg, given), margin=cfg.margin)
+    router = Router.from_dir(banks, _router_encoder(banks, cfg, given), margin=cfg.margin, abstain=not no_abstain)
     unknown = sorted({r.label for r in rows} - set(router.domains) - {"general"})
     if unknown:
         _note(f"labels with no bank in {banks}: {', '.join(unknown)} (their questions count as errors)")

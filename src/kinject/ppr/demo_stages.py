@@ -1,5 +1,6 @@
-"""`make demo` stage `ppr`: banks from the world's offline questions, routing accuracy on the
-online mixed questions, the plug-and-play check and a throughput run."""
+"""`make demo` stage `ppr`: banks from the world's offline questions, abstention thresholds
+calibrated on half of the online mixed questions (`kinject ppr calibrate`), routing accuracy on
+the online questions, the plug-and-play check and a throughput run."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ def ppr_stage(ctx: DemoContext, out: Path) -> None:
     from kinject.config import load_config
     from kinject.errors import UserError
     from kinject.io import atomic_dir, write_json_atomic
-    from kinject.ppr.banks import build_banks
+    from kinject.ppr.banks import build_banks, write_thresholds
     from kinject.ppr.bench import bench_routing
+    from kinject.ppr.calibrate import calibrate
     from kinject.ppr.config import PPRConfig
     from kinject.ppr.encoders import MemoEncoder, load_encoder
     from kinject.ppr.evaluate import evaluate, plug_and_play, read_labelled, write_eval
@@ -31,7 +33,8 @@ def ppr_stage(ctx: DemoContext, out: Path) -> None:
     cfg = load_config(TINY_PPR, expect=PPRConfig)
     # the demo reports throughput; `kinject bench ppr` is the real benchmark (2048 x 3 took 93 s here)
     quick = {"n": 256, "repeats": 1} if ctx.quick else {"n": 512, "repeats": 2}
-    h = inputs_hash({"ppr": cfg.model_dump(), **quick}, *[f for _, f in files], online)
+    calib = {"fraction": 0.5, "seed": cfg.seed}
+    h = inputs_hash({"ppr": cfg.model_dump(), **quick, "calibrate": calib}, *[f for _, f in files], online)
     if not is_complete(out, h):
         encoder = load_encoder(cfg.encoder)
         memo = MemoEncoder(encoder)  # banks and plug-and-play share the offline vectors; timings use `encoder`
@@ -40,6 +43,11 @@ def ppr_stage(ctx: DemoContext, out: Path) -> None:
         with atomic_dir(out) as tmp:
             with rec.timer("build_banks"):
                 build_banks(files, tmp / "banks", cfg, memo)
+            with rec.timer("calibrate"):
+                report = calibrate(Router.from_dir(tmp / "banks", memo, abstain=False),
+                                   [d.question for d in data], [d.label for d in data], **calib)
+                report["data"] = str(online)
+                write_thresholds(tmp / "banks", report["thresholds"], report)
             router = Router.from_dir(tmp / "banks", encoder)
             with rec.timer("evaluate"):
                 res = evaluate(router, data, n_latency=64)
@@ -53,6 +61,7 @@ def ppr_stage(ctx: DemoContext, out: Path) -> None:
                 write_json_atomic(tmp / "bench.json", bench)
             rec.metrics = {
                 "online_accuracy": res.accuracy, "online_macro_accuracy": res.macro_accuracy,
+                "abstention_accuracy_cost": report["test"]["accuracy_cost"],
                 "plug_and_play_drop_points": pp["drop_points"],
                 "queries_per_s": bench["queries_per_s"],
                 "share_outside_encoder": bench["share_outside_encoder"],
