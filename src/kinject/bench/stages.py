@@ -38,10 +38,17 @@ class TokenRate:
             return lambda *a, **k: None
         raise AttributeError(name)
 
+    def _start(self, state) -> None:
+        self.t0, self.tok0, self.step0 = time.perf_counter(), state.num_input_tokens_seen, state.global_step
+        self.c0 = time.process_time()
+
+    def on_train_begin(self, args, state, control, **kw):
+        if self.warmup == 0:  # no warm-up: every step is timed (no step ends at global step 0)
+            self._start(state)
+
     def on_step_end(self, args, state, control, **kw):
-        if state.global_step == self.warmup:
-            self.t0, self.tok0, self.step0 = time.perf_counter(), state.num_input_tokens_seen, state.global_step
-            self.c0 = time.process_time()
+        if state.global_step == self.warmup and self.warmup > 0:
+            self._start(state)
         elif self.t0 is not None:
             self.t1, self.tok1, self.steps = time.perf_counter(), state.num_input_tokens_seen, state.global_step - self.step0
             self.c1 = time.process_time()

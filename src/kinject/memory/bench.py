@@ -19,6 +19,20 @@ from kinject.io import write_json_atomic, write_jsonl_atomic
 from kinject.memory.config import MemoryBuildConfig
 
 RELEASE_LAYERS, RELEASE_BYTES = 5, 4  # the public release: 5 layers of float32 per token
+SPEC_LAYERS = ["last", "minus2", "minus4", "minus6"]
+TINY_PRESET = Path(__file__).resolve().parents[3] / "configs/gag/materials_memory_tiny.yaml"
+
+
+def bench_layers(expert: str) -> list[str]:
+    """The spec's 4 layers, or for an expert too shallow for them (the shipped tiny expert has 3
+    decoder layers) the tiny memory preset's layers: the ones the demo stores."""
+    from kinject.config import load_config
+    from kinject.models import check_model_dir
+
+    depth = json.loads((check_model_dir(expert) / "config.json").read_text()).get("num_hidden_layers", 0)
+    if depth >= 6:
+        return SPEC_LAYERS
+    return list(load_config(TINY_PRESET, [], expect=MemoryBuildConfig).layers)
 
 
 def run_bench(out: Path, expert: str | None = None, n: int = 64, max_new_tokens: int = 64, batch_size: int = 16,
@@ -45,7 +59,7 @@ def run_bench(out: Path, expert: str | None = None, n: int = 64, max_new_tokens:
         shutil.rmtree(store_dir)
     cfg = MemoryBuildConfig(expert=expert, questions=[str(out / "questions.jsonl")], out=str(store_dir),
                             max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype, device="cpu",
-                            layers=["last", "minus2", "minus4", "minus6"], shard_size=n)
+                            layers=bench_layers(expert), shard_size=n)
     speed = build_memory(cfg, progress=False)
     store = MemoryStore(store_dir)
     st = store.stats()
