@@ -95,3 +95,74 @@ def test_encode_given_background(deep_model, tiny_tokenizer):
     assert traces[0].n_tokens == len(tiny_tokenizer("Velmora is the capital.", add_special_tokens=False)["input_ids"])
     assert traces[0].states.shape == (2, traces[0].n_tokens, 32)
     assert traces[1].n_tokens == 0 and traces[1].states.shape == (2, 0, 32)
+
+
+# ------------------------------------------------------------------ memories without decoding
+def test_prefill_split_reads_from_the_question_on(tiny_tokenizer):
+    from kinject.memory.background import prefill_split
+
+    h1, ids1 = prefill_split(tiny_tokenizer, QUESTIONS[0], "You are an expert.", " The answer is")
+    h2, ids2 = prefill_split(tiny_tokenizer, QUESTIONS[2], "You are an expert.", " The answer is")
+    assert h1 == h2 and h1.endswith("Question: ")  # the shared head carries nothing about the question
+    text = tiny_tokenizer.decode(ids1)
+    assert text.replace(" ", "").startswith(QUESTIONS[0].replace(" ", ""))
+    assert text.replace(" ", "").endswith("Theansweris")
+    # without a prefix, the ids read are the rest of the prompt (question, end of turn, assistant header)
+    prompt = background_prompts(tiny_tokenizer, [QUESTIONS[0]], "You are an expert.")[0]
+    _, ids = prefill_split(tiny_tokenizer, QUESTIONS[0], "You are an expert.")
+    assert ids == tuple(tiny_tokenizer(prompt[len(h1):], add_special_tokens=False)["input_ids"])
+
+
+def test_prefill_states_in_one_forward_without_generating(deep_model, tiny_tokenizer, monkeypatch):
+    import kinject.generation as generation
+    from kinject.memory.background import prefill_split, prefill_traces
+
+    def no_generation(*a, **k):
+        raise AssertionError("memories without decoding generated text")
+
+    monkeypatch.setattr(generation, "generate_texts", no_generation)
+    monkeypatch.setattr(deep_model, "generate", no_generation)
+    calls = []
+    hook = deep_model.register_forward_hook(lambda m, i, o: calls.append(1))
+    keys = ["last", "minus2", "minus4"]
+    try:
+        batched = prefill_traces(deep_model, tiny_tokenizer, QUESTIONS, keys, "You are an expert.", " The answer is",
+                                 batch_size=3)
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # one forward pass for the batch
+    for q, tr in zip(QUESTIONS, batched):
+        head, ids = prefill_split(tiny_tokenizer, q, "You are an expert.", " The answer is")
+        assert tr.token_ids == ids and tr.text == " The answer is" and tr.states.shape == (3, len(ids), 32)
+        # the same states as an unpadded forward over the whole prompt, read at the question's positions
+        full = torch.tensor([tiny_tokenizer(head, add_special_tokens=False)["input_ids"] + list(ids)])
+        with torch.no_grad():
+            hs = deep_model(input_ids=full, output_hidden_states=True).hidden_states
+        for j, off in enumerate((-1, -2, -4)):
+            torch.testing.assert_close(tr.states[j], hs[off][0, -len(ids):], rtol=1e-4, atol=1e-5)
+    with pytest.raises(UserError, match="minus7"):
+        prefill_traces(deep_model, tiny_tokenizer, QUESTIONS, ["minus7"])
+
+
+def test_build_memory_source_prefill(tmp_path, tiny_model_dir, tiny_tokenizer):
+    import json
+
+    from kinject.memory.background import prefill_split
+    from kinject.memory.build import build_memory
+    from kinject.memory.config import MemoryBuildConfig
+    from kinject.memory.store import MemoryStore
+
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(QUESTIONS)))
+    base = dict(expert=str(tiny_model_dir), questions=[str(qfile)], out=str(tmp_path / "mem"), layers=["last", "minus2"],
+                device="cpu", keep_trajectories=True, system="You are an expert.")
+    assert MemoryBuildConfig(**base).source == "generate"  # the default stays generated backgrounds
+    stats = build_memory(MemoryBuildConfig(**base, source="prefill", answer_prefix=" The answer is"), progress=False)
+    st = MemoryStore(tmp_path / "mem")
+    assert stats["samples"] == 3 and len(st) == 3 and st.meta.prefill_prefix == " The answer is"
+    for i, q in enumerate(QUESTIONS):
+        n = len(prefill_split(tiny_tokenizer, q, "You are an expert.", " The answer is")[1])
+        assert st.record(f"q{i}")["n_tokens"] == n and st.trajectory(f"q{i}").shape == (2, n, 64)
+    # generated backgrounds are another kind of memory: resuming the store with them is refused
+    with pytest.raises(UserError, match="prefill_prefix"):
+        build_memory(MemoryBuildConfig(**base), progress=False)

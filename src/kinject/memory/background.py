@@ -6,7 +6,8 @@ left-padded forward pass over prompt + generated ids (EOS excluded), with positi
 the attention mask so padding changes nothing: the state at a generated position is exactly
 the state the expert computed there while generating (tests check batched == one at a time).
 The same function encodes a *given* background (alignment items whose knowledge statement is
-supplied rather than generated).
+supplied rather than generated), and reads memories without decoding (`prefill_traces`: the
+states over the question and a fixed answer prefix, one forward pass, nothing generated).
 """
 
 from __future__ import annotations
@@ -120,4 +121,40 @@ def encode_backgrounds(
     for i in range(0, len(prompts), batch_size):
         states = continuation_states(model, tokenizer, prompts[i:i + batch_size], ids[i:i + batch_size], layer_keys)
         traces += [Trace(b, t, s) for b, t, s in zip(backgrounds[i:i + batch_size], ids[i:i + batch_size], states, strict=True)]
+    return traces
+
+
+def prefill_split(tokenizer, question: str, system: str = "", answer_prefix: str = "") -> tuple[str, tuple[int, ...]]:
+    """(head text, ids read) of one question's background prompt: the ids start at the question as
+    the template wrote it and run through the end of the user turn, the assistant header and
+    `answer_prefix`. The head (system prompt, request) is the same for every question, so its
+    states carry nothing about it and are not read. A template that does not show the question
+    verbatim: the whole prompt is read."""
+    prompt = background_prompts(tokenizer, [question], system)[0]
+    k = prompt.rfind(question) if question else -1
+    head, tail = (prompt[:k], prompt[k:]) if k >= 0 else ("", prompt)
+    return head, tuple(tokenizer(tail + answer_prefix, add_special_tokens=False)["input_ids"])
+
+
+def prefill_traces(
+    model,
+    tokenizer,
+    questions: Sequence[str],
+    layer_keys: Sequence[str],
+    system: str = "",
+    answer_prefix: str = "",
+    batch_size: int = 16,
+) -> list[Trace]:
+    """Memories without decoding: per question, the expert's states `[L, T, d]` over the question
+    and `answer_prefix` (`prefill_split`), read in one teacher-forced forward pass per batch; no
+    background is generated. The expert already knows the answer when it starts writing, so
+    these states can carry it at the cost of one short prefill. `Trace.text` is the prefix (no
+    background was written); `token_ids` are the ids read."""
+    check_layer_keys(layer_keys, model.config.num_hidden_layers)
+    splits = [prefill_split(tokenizer, q, system, answer_prefix) for q in questions]
+    traces: list[Trace] = []
+    for i in range(0, len(splits), batch_size):
+        chunk = splits[i:i + batch_size]
+        states = continuation_states(model, tokenizer, [h for h, _ in chunk], [t for _, t in chunk], layer_keys)
+        traces += [Trace(answer_prefix, t, s) for (_, t), s in zip(chunk, states, strict=True)]
     return traces

@@ -1,4 +1,5 @@
-"""`kinject memory build`: questions -> expert backgrounds -> slots -> memory store.
+"""`kinject memory build`: questions -> expert backgrounds -> slots -> memory store
+(`source: prefill`: questions -> the expert's states over them, no background generated).
 
 Resumable (ids already in the store are skipped) and shardable: under `torchrun` each rank
 takes `items[rank::world_size]`, writes its own part store next to the output, and rank 0
@@ -50,6 +51,7 @@ def build_memory(cfg: MemoryBuildConfig, progress: bool = True) -> dict:
         encode_backgrounds,
         generate_backgrounds,
         model_fingerprint,
+        prefill_traces,
     )
     from kinject.models import check_model_dir, load_causal_lm
 
@@ -67,7 +69,8 @@ def build_memory(cfg: MemoryBuildConfig, progress: bool = True) -> dict:
                      expert_layers=model.config.num_hidden_layers, expert_fingerprint=model_fingerprint(model),
                      layers=list(cfg.layers),
                      slots=cfg.slots, pooling=cfg.pooling, tau=cfg.tau, dtype=cfg.dtype,
-                     trajectories=cfg.keep_trajectories)
+                     trajectories=cfg.keep_trajectories,
+                     prefill_prefix=cfg.answer_prefix if cfg.source == "prefill" else None)
     out = Path(cfg.out)
     rank, world = rank_and_world()
     done: set[str] = set()
@@ -91,6 +94,8 @@ def build_memory(cfg: MemoryBuildConfig, progress: bool = True) -> dict:
             if cfg.source == "generate":
                 traces = generate_backgrounds(model, tok, qs, cfg.layers, cfg.system,
                                               cfg.max_new_tokens, cfg.batch_size)
+            elif cfg.source == "prefill":
+                traces = prefill_traces(model, tok, qs, cfg.layers, cfg.system, cfg.answer_prefix, cfg.batch_size)
             else:
                 traces = encode_backgrounds(model, tok, qs, [c["background"] for c in chunk],
                                             cfg.layers, cfg.system, cfg.batch_size)

@@ -14,8 +14,11 @@ class MemoryBuildConfig(StageConfig):
     questions: list[str]
     out: str
     # generate: the expert writes the background (the paper); given: read the rows' `background`
-    # field as the expert's answer (alignment items whose knowledge statement is supplied)
-    source: Literal["generate", "given"] = "generate"
+    # field as the expert's answer (alignment items whose knowledge statement is supplied);
+    # prefill: no background, the expert's states over the question and `answer_prefix` in one
+    # forward pass (memories without decoding: the expert's cost is one short prefill)
+    source: Literal["generate", "given", "prefill"] = "generate"
+    answer_prefix: str = ""  # source: prefill: fixed text read after the question (e.g. "The answer is")
     system: str = ""
     layers: list[str] = ["last", "minus2", "minus4", "minus6"]
     slots: int = 4

@@ -57,13 +57,16 @@ class StoreMeta(StrictModel):
     tau: float = 1.0
     dtype: str = "float16"
     trajectories: bool = False
+    # memories without decoding (memory build source: prefill): the answer prefix read after each
+    # question; None: the states of backgrounds (generated or given)
+    prefill_prefix: str | None = None
     shards: dict[str, ShardInfo] = {}
 
     def signature(self) -> dict:
         """The fields that must match between stores that are merged or resumed."""
         return {k: getattr(self, k) for k in
                 ("expert_hidden", "expert_fingerprint", "layers", "slots", "pooling", "tau", "dtype",
-                 "trajectories")}
+                 "trajectories", "prefill_prefix")}
 
 
 def _mismatch(a: dict, b: dict, what_a: str, what_b: str) -> str | None:
