@@ -11,6 +11,10 @@ result carries `error`; `strict=True` re-raises instead, for evaluation runs).
 
 Every GAG domain checks its injector files before each call: a changed file is reloaded (and
 checked) in place, a missing or broken one fails that domain's rows with a clear message.
+With `isolate=True` a domain whose artifacts fail to load is kept out instead of failing the
+whole pipeline: a broken bank leaves the router (its questions fall to `general`), a broken
+expert/injector becomes an `UnavailableRoute` (its rows fail with `unavailable`). Either way
+`unavailable` names it with the reason.
 
     pipe = MixedPipeline.from_options(MixedOptions(banks=..., base=..., domains={...}))
     pipe.answer([{"id": "q1", "question": "Which lab developed Ferovia-2?"}])
@@ -79,10 +83,10 @@ class MixedOptions(StrictModel):
     max_new_tokens: int = 32
 
 
-def check_paths(opts: MixedOptions, hint: str = "", prefix: str = "") -> None:
+def check_paths(opts: MixedOptions, hint: str = "", prefix: str = "", domains: bool = True) -> None:
     """Every path an options block names must exist (one line naming the field, plus `hint`)."""
     pairs: list[tuple[str, Path]] = [("banks", opts.banks), ("base", opts.base)]
-    for name, d in opts.domains.items():
+    for name, d in (opts.domains.items() if domains else ()):
         pairs += [(f"domains.{name}.expert", d.expert), (f"domains.{name}.injector", d.injector)]
         if d.bank is not None:
             pairs.append((f"domains.{name}.bank", d.bank))
@@ -137,6 +141,7 @@ class ClosedBookRoute:
         self._impl = ClosedBook.__new__(ClosedBook)
         self._impl.model, self._impl.tokenizer = model, tok
         self._impl.max_new_tokens, self._impl.batch_size = max_new_tokens, batch_size
+        self._impl.answer_format = ""  # the served base answers as its closed-book eval does by default
         self.models, self.name, self.tokenizer = models, "base", tok
 
     def answer(self, batch: list[dict]) -> list[dict]:
@@ -155,6 +160,16 @@ def _file_sig(d: Path) -> tuple | None:
 
 class DomainUnavailable(RuntimeError):
     """A domain cannot answer now (its artifacts vanished or broke while serving)."""
+
+
+class UnavailableRoute:
+    """A configured domain whose artifacts failed to load: its rows fail, nothing is run."""
+
+    def __init__(self, domain: str, reason: str):
+        self.domain, self.reason, self.name = domain, reason, f"gag-{domain}"
+
+    def answer(self, batch: list[dict]) -> list[dict]:
+        raise DomainUnavailable(f"domain {self.domain!r} is unavailable: {self.reason}")
 
 
 class GagRoute:
@@ -176,7 +191,8 @@ class GagRoute:
         expert, expert_tok = models.get(opts.expert)
         model, tok = models.get(base)
         with models.lock:  # the shared base's tokenizer may be in use by a running route
-            injected = InjectedBase(model, tok, injector.config.slots, opts.instruction)
+            injected = InjectedBase(model, tok, injector.config.slots, opts.instruction,
+                                    answer_format=injector.config.answer_format)
             self.pipe = PreloadedGagPipeline(expert, expert_tok, injected, injector, opts.system,
                                              opts.max_background_tokens, batch_size, str(self.injector_dir))
         self._sig = sig
@@ -278,25 +294,49 @@ class MixedPipeline:
         self.strict = strict
         self.models, self.options = models, options
         self.grip = None
+        self.unavailable: dict[str, str] = {}  # domain -> why it is not served (isolate=True)
 
     # ------------------------------------------------------------ building
     @classmethod
-    def from_options(cls, opts: MixedOptions, strict: bool = False, hint: str = "", encoder=None) -> MixedPipeline:
+    def from_options(cls, opts: MixedOptions, strict: bool = False, hint: str = "", encoder=None,
+                     isolate: bool = False) -> MixedPipeline:
         """Everything from paths: banks (+ their encoder, unless a loaded `encoder` is given), the
         base loaded once, one GAG route per domain, optionally GRIP. `hint` ends each
-        missing-path error (e.g. "; run make demo first")."""
+        missing-path error (e.g. "; run make demo first"). `isolate`: a domain that fails to
+        load is left out (see `unavailable`) instead of failing everything."""
+        from kinject.ppr.banks import encoder_config_of, load_bank, read_index
+        from kinject.ppr.encoders import load_encoder
         from kinject.ppr.router import Router
 
-        check_paths(opts, hint)
-        router = Router.from_dir(opts.banks, encoder=encoder, margin=opts.margin, abstain=opts.abstain)
+        check_paths(opts, hint, domains=not isolate)
+        unavailable: dict[str, str] = {}
+        if isolate:  # each bank on its own: a broken one leaves the router, not the server
+            index = read_index(opts.banks)
+            encoder = encoder or load_encoder(encoder_config_of(index))
+            loaded = []
+            for name in index["domains"]:
+                try:
+                    loaded.append(load_bank(Path(opts.banks), name, encoder_id=encoder.id, dim=encoder.dim))
+                except UserError as e:
+                    if name == GENERAL:
+                        raise
+                    unavailable[name] = str(e)
+            router = Router(encoder, loaded, opts.margin, opts.abstain)
+        else:
+            router = Router.from_dir(opts.banks, encoder=encoder, margin=opts.margin, abstain=opts.abstain)
         models = ModelCache(opts.device, opts.dtype)
         banks = list(router.banks)
         for name, d in opts.domains.items():
-            if name not in router.domains:
-                if d.bank is None:
-                    raise UserError(f"domain {name!r} has no bank in {opts.banks}: add it (`kinject ppr add`) "
-                                    f"or set domains.{name}.bank")
-                banks.append(load_domain_bank(d.bank, name, router.encoder))
+            if name not in router.domains and name not in unavailable:
+                try:
+                    if d.bank is None:
+                        raise UserError(f"domain {name!r} has no bank in {opts.banks}: add it (`kinject ppr add`) "
+                                        f"or set domains.{name}.bank")
+                    banks.append(load_domain_bank(d.bank, name, router.encoder))
+                except UserError as e:
+                    if not isolate:
+                        raise
+                    unavailable[name] = str(e)
         grip = opts.grip
         if grip is not None and grip.route not in router.domains and grip.bank is not None:
             banks.append(load_domain_bank(grip.bank, grip.route, router.encoder))
@@ -306,11 +346,24 @@ class MixedPipeline:
         if GENERAL in router.domains:
             routes[GENERAL] = ClosedBookRoute(models, opts.base, opts.max_new_tokens, opts.batch_size)
         for name, d in opts.domains.items():
-            routes[name] = GagRoute(name, d, models, opts.base, opts.max_new_tokens, opts.batch_size)
+            if name in unavailable:
+                continue
+            try:
+                if isolate:
+                    check_paths(MixedOptions(banks=opts.banks, base=opts.base, domains={name: d}), hint)
+                routes[name] = GagRoute(name, d, models, opts.base, opts.max_new_tokens, opts.batch_size)
+            except (UserError, OSError) as e:
+                if not isolate:
+                    raise
+                unavailable[name] = str(e)
+                routes[name] = UnavailableRoute(name, str(e))  # its bank still recognizes its questions
         grip_route = None if grip is None else GripRoute(grip, models, opts.batch_size)
         if grip_route is not None and grip.route in router.domains:
             routes[grip.route] = grip_route
         pipe = cls(router, routes, strict, models, opts)
+        pipe.unavailable = unavailable
+        for name, why in unavailable.items():
+            log.error("domain %s is unavailable: %s", name, why)
         pipe.grip = grip_route  # served alone too (`kinject-grip`), routed to only with a bank
         return pipe
 
@@ -353,6 +406,7 @@ class MixedPipeline:
                 raise UserError(f"domain {name!r} is already served; remove it first to replace it")
             router = Router(old.router.encoder, [*old.router.banks, bank], old.router.margin, old.router.abstain)
             self._snap = Snapshot(router, MappingProxyType({**old.routes, name: method}), old.version + 1)
+            self.unavailable.pop(name, None)
             return self._snap
 
     def remove_domain(self, name: str) -> Snapshot:
@@ -361,6 +415,8 @@ class MixedPipeline:
         with self._swap_lock:
             old = self._snap
             if name not in old.routes:
+                if self.unavailable.pop(name, None) is not None:  # never served: forget it
+                    return old
                 raise UserError(f"domain {name!r} is not served (routes: {', '.join(old.routes)})")
             if name == GENERAL:
                 raise UserError(f"{GENERAL!r} is the base model's route and cannot be removed")
@@ -386,6 +442,7 @@ class MixedPipeline:
         results: list[dict | None] = [None] * len(batch)
         for route, idx in groups.items():
             method = snap.routes[route]
+            gone = False
             t1 = time.perf_counter()
             try:
                 outs = method.answer([batch[i] for i in idx])
@@ -397,6 +454,7 @@ class MixedPipeline:
                     raise
                 log.warning("route %s (%s) failed on %d rows: %s", route, method.name, len(idx), e)
                 outs, error = [{"prediction": "", "trace": {}}] * len(idx), f"route {route!r} failed: {e}"
+                gone = isinstance(e, DomainUnavailable)
             answer_s = time.perf_counter() - t1
             for i, out in zip(idx, outs):
                 d = decisions[i]
@@ -407,6 +465,8 @@ class MixedPipeline:
                 results[i] = {**out, "trace": trace}
                 if error is not None:
                     results[i]["error"] = error
+                    if gone:  # the domain is down, not this request: the server answers 503
+                        results[i]["unavailable"] = route
         return results  # type: ignore[return-value]
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import threading
 import time
 
 import httpx
 import pytest
 
+from kinject.errors import UserError
 from kinject.serve.app import create_app
 from kinject.serve.config import ServeConfig
 from kinject.serve.models import ServedModels
@@ -128,8 +130,11 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server):
     assert r.status_code == 413
     r = chat(url, "base", "word " * 300)
     assert r.status_code == 400 and r.json()["error"]["code"] == "question_too_long"
-    r = chat(url, "base", "hi", max_tokens=5)
-    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens" and "cap of 4" in r.json()["error"]["message"]
+    r = chat(url, "base", "hi", max_tokens=1024)  # OpenAI clients' defaults: clipped to the cap, said so
+    assert r.status_code == 200 and r.json()["kinject"]["max_tokens_clipped_to"] == 4
+    assert r.json()["usage"]["completion_tokens"] <= 4
+    assert r.json()["choices"][0]["finish_reason"] == ("length" if r.json()["usage"]["completion_tokens"] == 4 else "stop")
+    assert "max_tokens_clipped_to" not in chat(url, "base", "hi", max_tokens=4).json()["kinject"]
     assert chat(url, "base", "hi", key="wrong").status_code == 401
     r = httpx.post(f"{url}/v1/chat/completions", json={"model": "base", "messages": []})
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
@@ -193,16 +198,22 @@ def test_admin_hot_plug_and_a_domain_fault(world, tmp_path):
         adm = lambda k=ADMIN: {"Authorization": f"Bearer {k}"}  # noqa: E731
         assert httpx.delete(f"{url}/admin/domains/materials").status_code == 401
         assert httpx.delete(f"{url}/admin/domains/materials", headers=adm(KEY)).status_code == 401
-        # a fault: the materials injector vanishes while serving -> only its requests fail (5xx)
+        assert httpx.get(f"{url}/ready").json()["status"] == "ready"
+        # a fault: the materials injector vanishes while serving -> only its requests fail (503),
+        # readiness names it, liveness stays ok
         shutil.rmtree(inj)
+        ready = httpx.get(f"{url}/ready").json()
+        assert ready["status"] == "degraded" and ready["unavailable"] == ["materials"]
+        assert "missing" in ready["domains"]["materials"]["reason"] and ready["domains"]["adjuvant"]["state"] == "available"
+        assert httpx.get(f"{url}/health").json()["status"] == "ok"
         for d in ("materials", "adjuvant", "general"):
             r = chat(url, "kinject-mixed", Q[d][1])
             if d == "materials":
-                assert r.status_code == 500 and r.json()["error"]["code"] == "route_failed"
+                assert r.status_code == 503 and r.json()["error"]["code"] == "domain_unavailable"
                 assert "materials" in r.json()["error"]["message"] and "missing" in r.json()["error"]["message"]
             else:
                 assert r.status_code == 200 and r.json()["kinject"]["route"] == d
-        assert chat(url, "gag-materials", Q["materials"][1]).status_code == 500
+        assert chat(url, "gag-materials", Q["materials"][1]).status_code == 503
         assert chat(url, "gag-adjuvant", Q["adjuvant"][1]).status_code == 200
         # hot-plug: remove the broken domain, add it back with a good injector, no restart
         r = httpx.delete(f"{url}/admin/domains/materials", headers=adm())
@@ -215,6 +226,7 @@ def test_admin_hot_plug_and_a_domain_fault(world, tmp_path):
                 "system": good["system"], "instruction": good["instruction"], "max_background_tokens": 4}
         r = httpx.post(f"{url}/admin/domains", headers=adm(), json=body, timeout=60)
         assert r.status_code == 201 and r.json()["model"] == "gag-materials" and r.json()["snapshot"] == 2
+        assert httpx.get(f"{url}/ready").json()["status"] == "ready"
         assert httpx.post(f"{url}/admin/domains", headers=adm(), json=body).status_code == 409
         r = httpx.post(f"{url}/admin/domains", headers=adm(), json={**body, "name": "x", "injector": "/nope"})
         assert r.status_code == 400 and "injector: /nope does not exist" in r.json()["error"]["message"]
@@ -246,7 +258,12 @@ def test_graceful_shutdown_drains_in_flight_requests(world, models):
     while httpx.get(f"{srv.url}/health").json()["queues"].get("kinject-mixed", {}).get("in_flight", 0) < 4:
         assert time.monotonic() < end
         time.sleep(0.01)
-    srv.stop()  # all 4 are in the server, their batch not run yet (max wait 1 s, max batch 8)
+    # all 4 are in the server, their batch not run yet (max wait 1 s, max batch 8): drain as on SIGTERM
+    srv.server.handle_exit(signal.SIGTERM, None)
+    late = chat(srv.url, "kinject-mixed", Q["adjuvant"][0])  # the listener is still open: a clear 503
+    assert late.status_code == 503 and late.json()["error"]["code"] == "draining" and late.headers["retry-after"] == "1"
+    assert httpx.get(f"{srv.url}/ready").status_code == 503
+    srv.thread.join(60)
     for t in threads:
         t.join(60)
     assert results == [200] * 4
@@ -271,3 +288,184 @@ def test_load_bench_batched_vs_unbatched(world, models, tmp_path):
     assert out["runs"][0]["mean_batch"] == 1 and out["runs"][1]["mean_batch"] > 1
     best = max(r["throughput_rps"] for r in out["runs"])
     assert out["batching_gain"] == pytest.approx(best / out["runs"][0]["throughput_rps"], rel=1e-2)
+
+
+# ---------------------------------------------------------------- malformed requests: one 4xx each
+
+
+def _raw(url, body: str | bytes, path="/v1/chat/completions"):
+    return httpx.post(f"{url}{path}", content=body, headers={**auth(), "Content-Type": "application/json"}, timeout=60)
+
+
+def _is_openai_error(r, status, code=None):
+    err = r.json()["error"]
+    assert r.status_code == status and set(err) == {"message", "type", "param", "code"}, r.text
+    assert code is None or err["code"] == code, err
+
+
+def test_lone_surrogate_is_a_400(server):
+    _is_openai_error(_raw(server.url, '{"model": "base", "messages": [{"role": "user", "content": "a\\ud800b"}]}'),
+                     400, "invalid_text")
+    ok = '{"model": "base", "messages": [{"role": "user", "content": "a\\ud83d\\ude00b"}]}'  # a valid pair
+    assert _raw(server.url, ok).status_code == 200
+
+
+def test_deeply_nested_json_under_the_body_limit_is_a_400(server):
+    body = '{"model": "base", "messages": [{"role": "user", "content": "hi"}], "x": ' + "[" * 1900 + "]" * 1900 + "}"
+    assert len(body) < 4096  # the test server's body limit: this is not the 413 path
+    _is_openai_error(_raw(server.url, body), 400, "invalid_json")
+    assert "nested" in _raw(server.url, body).json()["error"]["message"]
+
+
+def test_unknown_paths_and_methods_answer_the_openai_error_object(server):
+    _is_openai_error(httpx.get(f"{server.url}/v1/nope"), 404, "unknown_url")
+    _is_openai_error(httpx.post(f"{server.url}/v1/completions", json={}), 404, "unknown_url")
+    _is_openai_error(httpx.delete(f"{server.url}/v1/chat/completions"), 405, "method_not_allowed")
+
+
+def test_get_one_model(server):
+    r = httpx.get(f"{server.url}/v1/models/gag-materials", headers=auth())
+    assert r.status_code == 200 and r.json()["id"] == "gag-materials" and r.json()["object"] == "model"
+    assert r.json()["kinject"]["state"] == "available"
+    mixed = httpx.get(f"{server.url}/v1/models/kinject-mixed", headers=auth()).json()
+    assert set(mixed["kinject"]["routing"]["domains"]) == {"general", "materials", "adjuvant"}
+    _is_openai_error(httpx.get(f"{server.url}/v1/models/gpt-4", headers=auth()), 404, "model_not_found")
+    assert httpx.get(f"{server.url}/v1/models/base").status_code == 401
+
+
+def test_stop_is_honoured_and_a_bad_stop_is_a_400(server, tiny_tokenizer):
+    from kinject.serve.app import finish_answer
+
+    assert finish_answer("the answer is 42. Next", ["."], 20, tiny_tokenizer)[0] == "the answer is 42"
+    assert finish_answer("a b c", ["c", "b"], 20, tiny_tokenizer)[::2] == ("a ", "stop")
+    text, ids, why = finish_answer("one two three four five six", [], 2, tiny_tokenizer)
+    assert len(ids) == 2 and why == "length" and "six" not in text
+    assert finish_answer("short", ["zzz"], 50, tiny_tokenizer) == ("short", tiny_tokenizer("short", add_special_tokens=False)["input_ids"], "stop")
+    # over HTTP: accepted (the answer never contains a stop string), bad ones are 400
+    r = chat(server.url, "base", Q["general"][3], stop=["\n", "."])
+    assert r.status_code == 200
+    assert not any(x in r.json()["choices"][0]["message"]["content"] for x in ("\n", "."))
+    _is_openai_error(chat(server.url, "base", "hi", stop=["a", "b", "c", "d", "e"]), 400, "invalid_stop")
+    _is_openai_error(chat(server.url, "base", "hi", stop=""), 400, "invalid_stop")
+
+
+def test_response_format_other_than_text_is_a_400(server):
+    for fmt in ({"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}):
+        _is_openai_error(chat(server.url, "base", "hi", response_format=fmt), 400, "unsupported_response_format")
+    assert chat(server.url, "base", "hi", response_format={"type": "text"}).status_code == 200
+
+
+def test_requests_queued_for_a_deleted_domain_get_404(world):
+    models = ServedModels(make_cfg(world))
+    cfg = make_cfg(world, admin_key=ADMIN, batching={"max_batch_size": 8, "max_wait_ms": 1500})
+    with ServerThread(create_app(cfg, models)) as srv:
+        codes: list = []
+        threads = [threading.Thread(target=lambda q=q: codes.append(chat(srv.url, "gag-adjuvant", q)))
+                   for q in Q["adjuvant"][:3]]
+        for t in threads:
+            t.start()
+        end = time.monotonic() + 30
+        while httpx.get(f"{srv.url}/health").json()["queues"].get("gag-adjuvant", {}).get("in_flight", 0) < 3:
+            assert time.monotonic() < end
+            time.sleep(0.01)
+        assert httpx.delete(f"{srv.url}/admin/domains/adjuvant",
+                            headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+        for t in threads:
+            t.join(60)
+        for r in codes:
+            _is_openai_error(r, 404, "model_not_found")
+            assert "removed" in r.json()["error"]["message"]
+
+
+# ---------------------------------------------------------------- abstention, isolation, persistence
+
+
+def _calibrated_banks(world, dest):
+    """A copy of the world's banks with thresholds calibrated on held-out questions."""
+    from kinject.ppr.banks import write_thresholds
+    from kinject.ppr.calibrate import calibrate
+    from kinject.ppr.router import Router
+
+    shutil.copytree(world["banks"], dest)
+    qs = {d: questions(d, 30, seed=11) for d in ("general", "materials", "adjuvant")}
+    router = Router.from_dir(dest, abstain=False)
+    rep = calibrate(router, [q for d in qs for q in qs[d]], [d for d in qs for _ in qs[d]])
+    write_thresholds(dest, rep["thresholds"], rep)
+    return rep
+
+
+def test_a_removed_domains_questions_fall_back_to_general(world, tmp_path):
+    rep = _calibrated_banks(world, tmp_path / "banks")
+    cfg = make_cfg(world, admin_key=ADMIN).model_dump()
+    cfg["pipeline"]["banks"] = str(tmp_path / "banks")
+    models = ServedModels(ServeConfig(**cfg))
+    with ServerThread(create_app(ServeConfig(**cfg), models)) as srv:
+        routing = httpx.get(f"{srv.url}/v1/models/kinject-mixed", headers=auth()).json()["kinject"]["routing"]
+        assert routing["domains"]["adjuvant"]["threshold"] == pytest.approx(rep["thresholds"]["adjuvant"])
+        assert httpx.get(f"{srv.url}/ready").json()["domains"]["materials"]["threshold_source"] == "calibrated"
+        assert chat(srv.url, "kinject-mixed", Q["adjuvant"][0]).json()["kinject"]["route"] == "adjuvant"
+        httpx.delete(f"{srv.url}/admin/domains/adjuvant", headers={"Authorization": f"Bearer {ADMIN}"})
+        wrong = 0
+        for q in questions("adjuvant", 20, seed=12):
+            k = chat(srv.url, "kinject-mixed", q).json()["kinject"]
+            assert "adjuvant" not in k["route_scores"]
+            wrong += k["route"] == "materials"
+            if k["route"] == "general" and k["route_scores"]["materials"] > k["route_scores"]["general"]:
+                assert k["route_fallback"] and k["route_scores"]["materials"] < k["route_score"] + 1  # sanity
+        assert wrong <= 2  # without thresholds most of them go to materials (see the PPR tests)
+
+
+def test_a_domain_that_fails_at_start_is_isolated_or_fails_fast(world, tmp_path):
+    cfg = make_cfg(world).model_dump()
+    cfg["pipeline"]["domains"]["materials"]["injector"] = str(tmp_path / "gone")
+    with pytest.raises(UserError, match="materials.injector"):
+        ServedModels(ServeConfig(**cfg))
+    cfg["on_domain_error"] = "isolate"
+    models = ServedModels(ServeConfig(**cfg))
+    with ServerThread(create_app(ServeConfig(**cfg), models)) as srv:
+        ready = httpx.get(f"{srv.url}/ready").json()
+        assert ready["status"] == "degraded" and ready["unavailable"] == ["materials"]
+        assert "gone" in ready["domains"]["materials"]["reason"]
+        r = chat(srv.url, "kinject-mixed", Q["materials"][0])
+        _is_openai_error(r, 503, "domain_unavailable")
+        assert chat(srv.url, "kinject-mixed", Q["adjuvant"][0]).json()["kinject"]["route"] == "adjuvant"
+        _is_openai_error(chat(srv.url, "gag-materials", "hi"), 503, "domain_unavailable")
+
+
+def test_hot_plug_builds_off_the_serving_path_and_survives_a_restart(world, tmp_path):
+    registry = tmp_path / "serve.domains.json"
+    cfg = make_cfg(world, admin_key=ADMIN, registry=str(registry))
+    adm = {"Authorization": f"Bearer {ADMIN}"}
+    name, dom = "vaccines", world["all_domains"]["adjuvant"]  # adjuvant's questions under a new name
+    body = {"name": name, "bank": world["offline"]["adjuvant"], "expert": dom["expert"], "injector": dom["injector"],
+            "system": dom["system"], "instruction": dom["instruction"], "max_background_tokens": 4}
+    with ServerThread(create_app(cfg, ServedModels(cfg))) as srv:
+        assert httpx.delete(f"{srv.url}/admin/domains/adjuvant", headers=adm).status_code == 200
+        added: list = []
+        t = threading.Thread(target=lambda: added.append(httpx.post(f"{srv.url}/admin/domains", headers=adm,
+                                                                    json=body, timeout=300)))
+        t.start()
+        end = time.monotonic() + 60
+        while name not in httpx.get(f"{srv.url}/ready").json()["adding"]:
+            assert time.monotonic() < end and t.is_alive()
+            time.sleep(0.01)
+        # the bank is being built (a worker process): inference is not blocked meanwhile
+        answered = 0
+        while name in httpx.get(f"{srv.url}/ready").json()["adding"]:
+            assert chat(srv.url, "kinject-mixed", Q["materials"][answered % 4]).status_code == 200
+            answered += 1
+        t.join(300)
+        assert answered >= 1 and added[0].status_code == 201, added[0].text
+        assert chat(srv.url, "kinject-mixed", Q["adjuvant"][0]).json()["kinject"]["route"] == name
+        saved = json.loads(registry.read_text())
+        assert list(saved["added"]) == [name] and saved["removed"] == ["adjuvant"]
+        assert (tmp_path / "serve.domains.banks" / name / "banks.json").is_file()
+        before = [m["id"] for m in httpx.get(f"{srv.url}/v1/models", headers=auth()).json()["data"]]
+    # a restart serves exactly what was served before
+    with ServerThread(create_app(cfg, ServedModels(cfg))) as srv:
+        after = [m["id"] for m in httpx.get(f"{srv.url}/v1/models", headers=auth()).json()["data"]]
+        assert sorted(after) == sorted(before) and f"gag-{name}" in after and "gag-adjuvant" not in after
+        assert chat(srv.url, f"gag-{name}", "hi").status_code == 200
+    registry.write_text("{broken")
+    with pytest.raises(UserError, match="registry"):
+        create_app(cfg, ServedModels(cfg))

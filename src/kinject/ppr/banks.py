@@ -370,3 +370,17 @@ def write_thresholds(banks_dir: str | Path, thresholds: dict[str, float], report
         for name, meta in metas.items():
             write_json_atomic(tmp / f"{name}.json", meta)
         write_json_atomic(tmp / CALIBRATION, report)
+
+
+def build_bank_like(name: str, questions: str | Path, like: str | Path, out: str | Path) -> Path:
+    """One domain's bank, built into a fresh banks dir `out` with the encoder and settings
+    (k, n_init, max_questions, seed) of the banks dir `like`, so it can join `like`'s router."""
+    index = read_index(like)
+    cfg = PPRConfig(encoder=encoder_config_of(index), **{k: index[k] for k in ("k", "n_init", "max_questions", "seed")
+                                                         if k in index})
+    encoder = load_encoder(cfg.encoder)
+    if encoder.id != index["encoder"].get("id"):
+        raise UserError(f"the encoder of {like} loads as {encoder.id!r}, not {index['encoder'].get('id')!r}")
+    build_banks([(check_domain_name(name), require_file(questions, f"questions file for domain {name!r}"))],
+                out, cfg, encoder, progress=False)
+    return Path(out)

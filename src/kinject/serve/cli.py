@@ -35,15 +35,24 @@ def serve(
     config: ConfigOpt,
     overrides: Overrides = None,
     host: Annotated[str | None, typer.Option("--host", help="bind address (default: the config's, 127.0.0.1)")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="port (default: the config's, 8000)")] = None,
+    # a string, checked here: a bad value is one `error:` line, not click's usage box
+    port: Annotated[str | None, typer.Option("--port", help="port (default: the config's, 8000)")] = None,
 ) -> None:
-    """Serve the mixed-domain pipeline over an OpenAI-compatible HTTP API (/v1/chat/completions)."""
-    import uvicorn
+    """Serve the mixed-domain pipeline over an OpenAI-compatible HTTP API (/v1/chat/completions).
 
+    Domains added or removed with /admin/domains are kept in <config>.domains.json beside the
+    config (`registry` in it to move it) and replayed on the next start."""
+    from kinject.errors import UserError
+    from kinject.serve.domains import default_registry
+    from kinject.serve.runner import make_server
+
+    if port is not None and not (port.isdigit() and 0 <= int(port) <= 65535):
+        raise UserError(f"--port {port!r} must be a port number (0-65535)")
     cfg = load_serve_config(config, overrides)
+    if cfg.registry is None:
+        cfg = cfg.model_copy(update={"registry": default_registry(config)})
     app = build_app(cfg)
-    uvicorn.run(app, host=host or cfg.host, port=cfg.port if port is None else port, log_level="info",
-                timeout_graceful_shutdown=cfg.graceful_timeout_s)
+    make_server(app, host or cfg.host, cfg.port if port is None else int(port), cfg.graceful_timeout_s).run()
 
 
 def bench_serve(

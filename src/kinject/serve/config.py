@@ -46,10 +46,16 @@ class ServeConfig(StageConfig):
     max_body_bytes: int = Field(65536, ge=256, description="larger request bodies -> 413")
     max_question_tokens: int = Field(256, ge=1, description="longer questions -> 400 (they would fail their "
                                                             "whole batch in a model with a short context)")
-    max_tokens_cap: int | None = Field(None, ge=1, description="max_tokens above it -> 400 (default: "
+    max_tokens_cap: int | None = Field(None, ge=1, description="max_tokens above it is clipped to it (default: "
                                                               "pipeline.max_new_tokens)")
     api_key: str | None = None  # bearer key for /v1/* (env KINJECT_API_KEY wins); None = open
     admin_key: str | None = None  # bearer key for /admin/* (env KINJECT_ADMIN_KEY wins); None = disabled
     threads: int = Field(1, ge=1, description="torch threads (1 was fastest for tiny models on a shared CPU)")
     graceful_timeout_s: float = Field(30.0, ge=0, description="shutdown waits this long for in-flight requests")
     missing_hint: str = "; run `make demo` first"  # ends each missing-path error
+    on_domain_error: Literal["fail", "isolate"] = Field(
+        "fail", description="a domain whose artifacts fail at start: fail = exit 2 with the reason, isolate = "
+                            "serve the rest and mark it unavailable (/ready)")
+    registry: Path | None = Field(None, description="hot-plugged domains are persisted here and replayed on start "
+                                                    "(`kinject serve` default: <config>.domains.json beside the "
+                                                    "config)")

@@ -23,6 +23,7 @@ from kinject.mixed import (
     GagRoute,
     MixedPipeline,
     ModelCache,
+    UnavailableRoute,
     check_paths,
 )
 from kinject.serve.config import RagServeOptions, ServeConfig
@@ -80,10 +81,12 @@ class ServedModels:
         from kinject.eval.method import MethodContext, build_method
 
         p = cfg.pipeline
-        check_paths(p, cfg.missing_hint, prefix="pipeline.")
+        isolate = cfg.on_domain_error == "isolate"
+        check_paths(p, cfg.missing_hint, prefix="pipeline.", domains=not isolate)
         if cfg.rag is not None and not Path(cfg.rag.index).exists():
             raise UserError(f"rag.index: {cfg.rag.index} does not exist{cfg.missing_hint}")
-        self.pipeline = MixedPipeline.from_options(p, hint=cfg.missing_hint)
+        self.pipeline = MixedPipeline.from_options(p, hint=cfg.missing_hint, isolate=isolate)
+        self.configured = set(p.domains)
         models = self.pipeline.models
         routes = self.pipeline.routes
         base = routes.get(GENERAL) or ClosedBookRoute(models, p.base, p.max_new_tokens, p.batch_size)
@@ -106,7 +109,39 @@ class ServedModels:
             self.static[name] = ServedModel(name, method.answer, own_copy(tok), "method")
 
     def domains(self) -> list[str]:
-        return [d for d, m in self.pipeline.routes.items() if isinstance(m, GagRoute)]
+        return [d for d, m in self.pipeline.routes.items() if isinstance(m, (GagRoute, UnavailableRoute))]
+
+    def clear_caches(self) -> None:
+        """Forget every per-question memory (so a benchmark run starts cold)."""
+        for route in self.pipeline.routes.values():
+            cache = getattr(getattr(route, "pipe", None), "cache", None)
+            if cache is not None:
+                cache.clear()
+
+    def domain_state(self, failures: dict[str, str]) -> dict[str, dict]:
+        """Per domain (served, failed at start, or failing now): state, reason, threshold."""
+        from kinject.mixed import _file_sig
+
+        snap = self.pipeline.snapshot
+        routing = snap.router.status()["domains"]
+        out = {}
+        for d, route in snap.routes.items():
+            if d == GENERAL or not isinstance(route, (GagRoute, UnavailableRoute)):
+                continue
+            reason = None
+            if isinstance(route, UnavailableRoute):
+                reason = route.reason
+            elif _file_sig(route.injector_dir) is None:
+                reason = f"injector files in {route.injector_dir} are missing"
+            else:
+                reason = failures.get(d)
+            out[d] = {"state": "unavailable" if reason else "available", "reason": reason,
+                      "model": f"gag-{d}", **{k: routing.get(d, {}).get(k) for k in ("threshold", "threshold_source")}}
+        for d, why in self.pipeline.unavailable.items():
+            if d not in out:
+                out[d] = {"state": "unavailable", "reason": why, "model": f"gag-{d}", "threshold": None,
+                          "threshold_source": None}
+        return out
 
     def names(self) -> list[str]:
         return [*self.static, *(f"gag-{d}" for d in self.domains())]
@@ -116,6 +151,8 @@ class ServedModels:
             return self.static[name]
         domain = name[4:] if name.startswith("gag-") else None
         route = self.pipeline.routes.get(domain) if domain else None
+        if isinstance(route, UnavailableRoute):
+            return ServedModel(name, route.answer, self.static["base"].tokenizer, "gag")
         if not isinstance(route, GagRoute):
             return None
 
