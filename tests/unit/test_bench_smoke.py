@@ -61,9 +61,10 @@ def test_levers_preset(capsys, tmp_path):
     out = tmp_path / "levers"
     kinject(capsys, "bench", "levers", "--config", BENCH / "levers_tiny.yaml", "--out", out, "source=random",
             "n_repeat=2", "caps=[2]", "n_cap=2", "batch_sizes=[1,2]", "max_new_tokens=3", "max_background_tokens=4",
-            "decode_tokens=2", "compile=false")
+            "decode_tokens=2", "compile=false", "n_prefill=2")
     data = bench_json(out)
     assert data["cache"]["questions"] == 2 and data["setup"]["source"] == "random"
+    assert data["prefill_memories"]["questions"] == 2
 
 
 @pytest.mark.filterwarnings("ignore")

@@ -58,7 +58,8 @@ def test_levers_suite_random(tmp_path):
     from kinject.bench.levers import run_levers
 
     cfg = LeversBenchConfig(source="random", n_repeat=4, caps=[2, 5], n_cap=4, batch_sizes=[1, 4], max_new_tokens=3,
-                            max_background_tokens=5, decode_tokens=4, compile=False)
+                            max_background_tokens=5, decode_tokens=4, compile=False, n_prefill=2,
+                            answer_prefix=" The answer is")
     run_levers(cfg, tmp_path)
     data = json.loads((tmp_path / "bench.json").read_text())
     c = data["cache"]
@@ -75,6 +76,11 @@ def test_levers_suite_random(tmp_path):
     assert b["identical_answers"] and [r["batch_size"] for r in b["runs"]] == [1, 4]
     assert [r["variant"] for r in data["static_cache_compile"]] == ["dynamic_cache", "static_cache"]
     assert all(r["decode_ms_per_token"] > 0 for r in data["static_cache_compile"])
+    p = data["prefill_memories"]
+    assert p["questions"] == 2 and p["answer_prefix"] == " The answer is" and p["em_prefill_same_injector"] is None
+    assert p["prefill_e2e_ms_p50"] > 0 and 0 < p["prefill_expert_ms_p50"] <= p["prefill_e2e_ms_p50"]
+    # read: the question, the end of the user turn, the assistant header and the 3-word prefix
+    assert p["mean_tokens_read"] > 8
 
 
 def test_arch_suite_small_shapes_cuda_skipped(tmp_path):

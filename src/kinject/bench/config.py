@@ -67,6 +67,8 @@ class LeversBenchConfig(StageConfig):
     max_background_tokens: int = 48
     decode_tokens: int = Field(32, ge=1, description="tokens decoded in the static-cache / compile run")
     compile: bool = Field(True, description="also time static cache + torch.compile (slow to compile)")
+    n_prefill: int = Field(24, ge=0, description="questions timed with memories without decoding (0: skip)")
+    answer_prefix: str = Field("", description="prefill memories: text read after the question")
     threads: int | None = 1
 
 

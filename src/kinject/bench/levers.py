@@ -9,6 +9,11 @@ prediction made from a first measurement written next to the result.
   Predicted speedup = B x (ms per decode step at batch 1) / (ms per decode step at batch B).
 - static cache + torch.compile for decoding: ms per decoded token, dynamic cache vs static vs
   static + compile (inductor, compiled on CPU via CompileConfig._compile_all_devices).
+- prefill memories (memory build `source: prefill`): GAG at batch 1 with the expert's states over
+  the question and a fixed answer prefix read in one forward pass, against generated backgrounds.
+  Predicted time = the generated run minus the expert's background decoding. The injector is the
+  one given (trained on generated memories unless built on prefill stores), so the EM here says
+  nothing of the lever's accuracy: that needs Stage III on prefill stores (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -133,6 +138,43 @@ def lever_static_compile(model, tok, prompt: str, n_tokens: int, compile_too: bo
     return out
 
 
+@torch.no_grad()
+def lever_prefill(pipe, rows: list[dict], max_new: int, answer_prefix: str, scored: bool) -> dict:
+    """Per question at batch 1: GAG with generated memories (`GagPipeline.answer`, cache off) vs
+    the same injector and base fed memories without decoding (`prefill_traces`)."""
+    from kinject.bench.methods import injector_inputs
+    from kinject.memory.background import background_prompts, prefill_traces
+
+    cfg = pipe.injector.config
+    gen_s, pre_s, expert_s, decode_s, gen_em, pre_em, read = [], [], [], [], [], [], []
+    for r in rows:
+        q, instr = r["question"], r.get("instruction")
+        pipe.cache.clear()
+        ans, secs = _timed(lambda q=q, instr=instr: pipe.answer([q], [instr], max_new)[0])
+        gen_s.append(secs)
+        _, tm = timed_texts(pipe.expert, pipe.expert_tok, background_prompts(pipe.expert_tok, [q], pipe.system),
+                            pipe.max_background_tokens)
+        decode_s.append(tm["decode_ms"] / 1000)
+        t = time.perf_counter()
+        (tr,) = prefill_traces(pipe.expert, pipe.expert_tok, [q], cfg.layers, pipe.system, answer_prefix)
+        expert_s.append(time.perf_counter() - t)
+        z = pipe.injector(**injector_inputs(pipe.injector, [tr.states]))
+        g = pipe.base.generate([q], z, max_new, 1, [instr])[0]
+        pre_s.append(time.perf_counter() - t)
+        read.append(tr.n_tokens)
+        gen_em.append(exact_match(ans.answer, r["answer"]))
+        pre_em.append(exact_match(g.text, r["answer"]))
+    ms = lambda xs: round(1000 * sorted(xs)[len(xs) // 2], 2)  # noqa: E731 (p50)
+    predicted = [a - d for a, d in zip(gen_s, decode_s)]
+    return {"questions": len(rows), "answer_prefix": answer_prefix, "generated_e2e_ms_p50": ms(gen_s),
+            "prefill_e2e_ms_p50": ms(pre_s), "predicted_prefill_e2e_ms_p50": ms(predicted),
+            "prefill_expert_ms_p50": ms(expert_s), "expert_decode_ms_p50": ms(decode_s),
+            "speedup": ratio(sum(gen_s), sum(pre_s), 2), "predicted_speedup": ratio(sum(gen_s), sum(predicted), 2),
+            "mean_tokens_read": round(sum(read) / len(read), 2),
+            "em_generated": round(sum(gen_em) / len(rows), 4) if scored else None,
+            "em_prefill_same_injector": round(sum(pre_em) / len(rows), 4) if scored else None}
+
+
 def run_levers(cfg: LeversBenchConfig, out: Path) -> dict:
     from kinject.prompts import general_messages, render
 
@@ -146,8 +188,10 @@ def run_levers(cfg: LeversBenchConfig, out: Path) -> dict:
     batching = lever_batching(pipe, rows, cfg.batch_sizes, cfg.max_new_tokens)
     prompt = render(pipe.base.tokenizer, general_messages(setup.rows[0]["question"]))
     static = lever_static_compile(pipe.base.model, pipe.base.tokenizer, prompt, cfg.decode_tokens, cfg.compile)
+    prefill = (lever_prefill(pipe, setup.rows[: cfg.n_prefill], cfg.max_new_tokens, cfg.answer_prefix, scored)
+               if cfg.n_prefill else None)
     result = {"config": cfg.model_dump(), "setup": setup.describe(), "cache": cache, "cap": cap,
-              "batching": batching, "static_cache_compile": static}
+              "batching": batching, "static_cache_compile": static, "prefill_memories": prefill}
     lines = [f"Inputs: {setup.source}.", "", "## Memory cache (GagPipeline, LRU per question)", "",
              f"{cache['questions']} questions: cold {cache['cold_s']} s, warm {cache['warm_s']} s "
              f"(predicted {cache['predicted_warm_s']} s = base side alone), speedup {cache['speedup']}x "
@@ -160,5 +204,12 @@ def run_levers(cfg: LeversBenchConfig, out: Path) -> dict:
               f"identical answers: {batching['identical_answers']}", "", "## Static KV cache + torch.compile", ""]
     lines += md_table(static, ["variant", "first_call_s", "prefill_ms", "decode_ms_per_token",
                                "decode_speedup_vs_dynamic"])
+    if prefill:
+        lines += ["", "## Memories without decoding (batch 1, p50 ms)", "",
+                  f"{prefill['questions']} questions: generated backgrounds {prefill['generated_e2e_ms_p50']} ms, "
+                  f"prefill memories {prefill['prefill_e2e_ms_p50']} ms (predicted "
+                  f"{prefill['predicted_prefill_e2e_ms_p50']} ms), speedup {prefill['speedup']}x (predicted "
+                  f"{prefill['predicted_speedup']}x); EM generated {prefill['em_generated']}, prefill with the same "
+                  f"injector {prefill['em_prefill_same_injector']} (not the lever's accuracy: see the module doc)"]
     write_outputs(out, "levers", result, lines)
     return result
