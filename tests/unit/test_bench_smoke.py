@@ -98,7 +98,11 @@ def test_memory_bench_shipped_expert(capsys, tmp_path):
     kinject(capsys, "memory", "bench", "--out", out, "--expert", REPO / "assets/foundation/tiny/expert_init",
             "--n", 3, "--max-new-tokens", 3, "--batch-size", 2)
     data = bench_json(out)
-    assert data["samples"] == 3 and data["expert_layers"] == 3
+    assert data["samples"] == 3 and data["expert_layers"] == 3 and data["source"] == "generate"
+    kinject(capsys, "memory", "bench", "--out", out, "--expert", REPO / "assets/foundation/tiny/expert_init",
+            "--n", 3, "--source", "prefill", "--answer-prefix", " The answer is")
+    data = bench_json(out)
+    assert data["source"] == "prefill" and data["samples"] == 3 and data["mean_generated_tokens"] > 5
 
 
 def test_grip_bench_preset(capsys, tmp_path, tiny_model_dir):
@@ -135,6 +139,7 @@ def test_retrieval_bench_all_backends(capsys, tmp_path):
      "demo artifacts missing"),
     (["bench", "levers", "--config", BENCH / "levers_tiny.yaml", "n_repeat=0"], "n_repeat"),
     (["memory", "bench", "--expert", "/nonexistent/expert", "--n", 2], "/nonexistent/expert"),
+    (["memory", "bench", "--source", "decode", "--n", 2], "--source"),
 ])
 def test_user_errors_stay_one_line(tmp_path, args, needle):
     res = subprocess.run([sys.executable, "-m", "kinject.cli", *map(str, args), "--out", str(tmp_path / "o")],

@@ -3,7 +3,8 @@
 Builds a store for synthetic questions with a given (or a fresh tiny random) expert and writes
 `bench.json`: samples/s, generated tokens/s, bytes per sample on disk, and the bytes a full
 trajectory would take (T x d x layers, as the public release pickles it: 5 layers, fp32) with
-the ratio. Numbers are measured on whatever machine runs it; it says which.
+the ratio. `source: prefill` times memories without decoding (tokens are then the ones read,
+not generated). Numbers are measured on whatever machine runs it; it says which.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def bench_layers(expert: str) -> list[str]:
 
 
 def run_bench(out: Path, expert: str | None = None, n: int = 64, max_new_tokens: int = 64, batch_size: int = 16,
-              hidden: int = 128, layers: int = 6, dtype: str = "float16", threads: int | None = 1) -> dict:
+              hidden: int = 128, layers: int = 6, dtype: str = "float16", threads: int | None = 1,
+              source: str = "generate", answer_prefix: str = "") -> dict:
     from kinject.memory.build import build_memory
     from kinject.memory.store import MemoryStore
     from kinject.models import TinySpec, count_parameters, make_tiny_model, save_model
@@ -59,7 +61,7 @@ def run_bench(out: Path, expert: str | None = None, n: int = 64, max_new_tokens:
         shutil.rmtree(store_dir)
     cfg = MemoryBuildConfig(expert=expert, questions=[str(out / "questions.jsonl")], out=str(store_dir),
                             max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype, device="cpu",
-                            layers=bench_layers(expert), shard_size=n)
+                            layers=bench_layers(expert), shard_size=n, source=source, answer_prefix=answer_prefix)
     speed = build_memory(cfg, progress=False)
     store = MemoryStore(store_dir)
     st = store.stats()
@@ -71,7 +73,8 @@ def run_bench(out: Path, expert: str | None = None, n: int = 64, max_new_tokens:
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, torch threads {torch.get_num_threads()}",
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "expert": expert, "expert_parameters": count_parameters(m), "expert_hidden": m.config.hidden_size,
-        "expert_layers": m.config.num_hidden_layers, "samples": speed["samples"], "batch_size": batch_size,
+        "expert_layers": m.config.num_hidden_layers, "source": source, "samples": speed["samples"],
+        "batch_size": batch_size,
         "max_new_tokens": max_new_tokens, "samples_per_s": speed["samples_per_s"],
         "generated_tokens_per_s": speed["tokens_per_s"], "mean_generated_tokens": st["mean_tokens"],
         "store_dtype": dtype, "bytes_per_sample_on_disk": st["bytes_per_sample"],

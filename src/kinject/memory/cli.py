@@ -78,11 +78,17 @@ def bench_cmd(
     batch_size: Annotated[int, typer.Option(help="generation batch size")] = 16,
     dtype: Annotated[str, typer.Option(help="store dtype")] = "float16",
     threads: Annotated[int, typer.Option(help="torch threads (0: leave as is)")] = 1,
+    source: Annotated[str, typer.Option(help="generate (backgrounds) or prefill (memories without decoding)")] = "generate",
+    answer_prefix: Annotated[str, typer.Option(help="prefill: text read after the question")] = "",
 ) -> None:
     """Measure memory construction: samples/s, tokens/s, bytes/sample vs full trajectories."""
+    from kinject.errors import UserError
     from kinject.memory.bench import print_result, run_bench
 
-    typer.echo(print_result(run_bench(out, expert, n, max_new_tokens, batch_size, dtype=dtype, threads=threads)))
+    if source not in ("generate", "prefill"):
+        raise UserError(f"--source must be generate or prefill, not {source!r}")
+    typer.echo(print_result(run_bench(out, expert, n, max_new_tokens, batch_size, dtype=dtype, threads=threads,
+                                      source=source, answer_prefix=answer_prefix)))
 
 
 def register(app: typer.Typer) -> None:
