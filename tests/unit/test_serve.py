@@ -277,6 +277,9 @@ def test_load_bench_batched_vs_unbatched(world, models, tmp_path):
     cfg = make_cfg(world, batching={"max_batch_size": 8, "max_wait_ms": 20, "max_queue": 64})
     qs = tmp_path / "q.jsonl"
     qs.write_text("".join(json.dumps({"question": q}) + "\n" for d in Q for q in Q[d]))
+    with pytest.raises(UserError, match="distinct questions"):  # each run needs its own questions
+        run_bench(cfg, tmp_path / "bench", 24, 8, "kinject-mixed", qs, 120, [1, 8], say=lambda *_: None, models=models)
+    qs.write_text("".join(json.dumps({"question": q}) + "\n" for d in Q for q in questions(d, 25, seed=21)))
     out = run_bench(cfg, tmp_path / "bench", 24, 8, "kinject-mixed", qs, 120, [1, 8], say=lambda *_: None,
                     models=models)
     saved = json.loads((tmp_path / "bench" / "bench.json").read_text())
@@ -285,6 +288,8 @@ def test_load_bench_batched_vs_unbatched(world, models, tmp_path):
     for r in out["runs"]:
         assert r["ok"] + r["rejected_503"] == 24 and r["lost"] == 0 and r["unfinished"] == 0
         assert r["throughput_rps"] > 0 and r["latency_ms_p50"] <= r["latency_ms_p99"]
+        assert r["distinct_questions"] == 24 and r["checked"] == r["ok"] and r["mismatched"] == 0
+    assert out["all_answers_match_alone"] and "answers" not in saved["runs"][0]
     assert out["runs"][0]["mean_batch"] == 1 and out["runs"][1]["mean_batch"] > 1
     best = max(r["throughput_rps"] for r in out["runs"])
     assert out["batching_gain"] == pytest.approx(best / out["runs"][0]["throughput_rps"], rel=1e-2)

@@ -4,6 +4,11 @@ For each max batch size (1 = unbatched), the server is started on a free loopbac
 same loaded models, warmed up, then `requests` chat completions are fired with `concurrency`
 in flight (httpx, asyncio). Every request must end in 200 or 503 (overload, with Retry-After):
 anything else, a transport error or a request still open at the time bound counts as lost.
+
+Each run is cold: the per-question memory caches are cleared before it and it asks questions
+no other run (nor the warm-up) asked, so no batch size is served from another's cache and the
+gain does not depend on the order of `--batch-sizes`. Every answer is then checked against the
+same question asked alone (batch size 1, one request at a time, caches cleared): `mismatched`.
 Reported: throughput (answered requests/s), latency p50/p99 of the 200s, the status counts,
 the server's batch statistics, and the batching gain (throughput batched / unbatched).
 """
@@ -26,15 +31,19 @@ FALLBACK_QUESTIONS = [
 ]
 
 
-def load_questions(data: Path | None) -> list[str]:
+def load_questions(data: Path | None, needed: int) -> list[str]:
+    """`needed` distinct questions: from `data`, or numbered variants of the built-in ones."""
     if data is None:
-        return FALLBACK_QUESTIONS
+        return [f"{FALLBACK_QUESTIONS[i % len(FALLBACK_QUESTIONS)]} ({i // len(FALLBACK_QUESTIONS) + 1})"
+                for i in range(needed)]
     from kinject.io import read_jsonl
 
     rows = read_jsonl(data, required=["question"])
-    if not rows:
-        raise UserError(f"{data}: no questions")
-    return [r["question"] for r in rows]
+    distinct = list(dict.fromkeys(r["question"] for r in rows))
+    if len(distinct) < needed:
+        raise UserError(f"{data}: {len(distinct)} distinct questions, the runs need {needed} (each run asks its "
+                        "own): lower --requests or give a larger --data")
+    return distinct[:needed]
 
 
 async def fire(url: str, model: str, questions: list[str], n: int, concurrency: int, max_seconds: float,
@@ -44,6 +53,7 @@ async def fire(url: str, model: str, questions: list[str], n: int, concurrency: 
     sem = asyncio.Semaphore(concurrency)
     lat: list[float] = []
     status: dict[str, int] = {}
+    answers: dict[str, str] = {}
 
     async def one(client, i):
         async with sem:
@@ -52,6 +62,8 @@ async def fire(url: str, model: str, questions: list[str], n: int, concurrency: 
                 r = await client.post("/v1/chat/completions", headers=headers, json={
                     "model": model, "messages": [{"role": "user", "content": questions[i % len(questions)]}]})
                 key = str(r.status_code)
+                if r.status_code == 200:
+                    answers[questions[i % len(questions)]] = r.json()["choices"][0]["message"]["content"]
                 if r.status_code == 503 and "retry-after" not in r.headers:
                     key = "503-without-retry-after"
             except httpx.HTTPError as e:
@@ -76,7 +88,7 @@ async def fire(url: str, model: str, questions: list[str], n: int, concurrency: 
             "throughput_rps": round(ok / wall, 3) if wall else 0.0,
             "latency_ms_p50": round(float(np.percentile(ms, 50)), 2) if ok else None,
             "latency_ms_p99": round(float(np.percentile(ms, 99)), 2) if ok else None,
-            "latency_ms_mean": round(float(ms.mean()), 2) if ok else None}
+            "latency_ms_mean": round(float(ms.mean()), 2) if ok else None, "answers": answers}
 
 
 def run_bench(cfg, out: Path, requests: int, concurrency: int, model: str, data: Path | None,
@@ -92,30 +104,46 @@ def run_bench(cfg, out: Path, requests: int, concurrency: int, model: str, data:
 
     if requests < 1 or concurrency < 1 or not batch_sizes:
         raise UserError("--requests and --concurrency must be >= 1 and --batch-sizes non-empty")
-    questions = load_questions(data)
+    warm_n = 2 * max(batch_sizes)  # warm-up: load paths, allocate, first batches
+    questions = load_questions(data, warm_n + requests * len(batch_sizes))
+    warm_q, run_q = questions[:warm_n], questions[warm_n:]
     torch.set_num_threads(cfg.threads)
     models = models or ServedModels(cfg)
     if models.get(model) is None:
         raise UserError(f"--model {model!r} is not served by this config (models: {', '.join(models.names())})")
     key = os.environ.get("KINJECT_API_KEY") or cfg.api_key
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    cold = cfg.model_copy(update={"registry": None})  # the bench never touches the served domains' registry
     runs = []
-    for bs in batch_sizes:
-        run_cfg = cfg.model_copy(update={"batching": cfg.batching.model_copy(update={"max_batch_size": bs})})
+    for k, bs in enumerate(batch_sizes):
+        mine = run_q[k * requests:(k + 1) * requests]
+        run_cfg = cold.model_copy(update={"batching": cfg.batching.model_copy(update={"max_batch_size": bs})})
         with ServerThread(create_app(run_cfg, models)) as srv:
-            warm = min(len(questions), 2 * bs)  # warm-up: load paths, allocate, first batches
-            asyncio.run(fire(srv.url, model, questions, warm, warm, max_seconds, headers))
+            asyncio.run(fire(srv.url, model, warm_q, len(warm_q), min(len(warm_q), bs), max_seconds, headers))
+            models.clear_caches()
             before = httpx.get(f"{srv.url}/health").json()["queues"].get(model, {})
             say(f"batch size {bs}: {requests} requests, {concurrency} in flight ...")
-            res = asyncio.run(fire(srv.url, model, questions, requests, concurrency, max_seconds, headers))
+            res = asyncio.run(fire(srv.url, model, mine, requests, concurrency, max_seconds, headers))
             after = httpx.get(f"{srv.url}/health").json()["queues"].get(model, {})
         batches = after.get("batches", 0) - before.get("batches", 0)
         served = after.get("requests", 0) - before.get("requests", 0)
         res.update({"max_batch_size": bs, "max_wait_ms": cfg.batching.max_wait_ms, "max_queue": cfg.batching.max_queue,
                     "model_calls": batches, "mean_batch": round(served / batches, 2) if batches else None})
+        res["distinct_questions"] = len(set(mine))
         say(f"  {res['throughput_rps']} req/s, p50 {res['latency_ms_p50']} ms, p99 {res['latency_ms_p99']} ms, "
             f"status {res['status']}, mean batch {res['mean_batch']}")
         runs.append(res)
+    # the reference: every question asked alone (batch size 1, one at a time, cold)
+    alone_cfg = cold.model_copy(update={"batching": cfg.batching.model_copy(update={"max_batch_size": 1})})
+    models.clear_caches()
+    say(f"checking {sum(len(r['answers']) for r in runs)} answers against the same questions asked alone ...")
+    with ServerThread(create_app(alone_cfg, models)) as srv:
+        asked = [q for r in runs for q in r["answers"]]
+        alone = asyncio.run(fire(srv.url, model, asked, len(asked), 1, max_seconds * len(runs), headers))["answers"]
+    for r in runs:
+        answers = r.pop("answers")
+        r["mismatched"] = sum(alone.get(q) != a for q, a in answers.items())
+        r["checked"] = len(answers)
     by = {r["max_batch_size"]: r for r in runs}
     gain = None
     if 1 in by and len(by) > 1 and by[1]["throughput_rps"]:
@@ -126,6 +154,8 @@ def run_bench(cfg, out: Path, requests: int, concurrency: int, model: str, data:
                      "domains": {d: str(o.injector) for d, o in cfg.pipeline.domains.items()}},
         "runs": runs, "batching_gain": gain,
         "all_200_or_503": all(r["lost"] == 0 for r in runs),
+        "all_answers_match_alone": all(r["mismatched"] == 0 for r in runs),
+        "cold_runs": True,
         "torch_threads": torch.get_num_threads(), "loadavg": list(os.getloadavg()),
         "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
     }
