@@ -399,4 +399,5 @@ def register(app: typer.Typer) -> None:
         ctx = run_demo(out, quick=quick, only=only)
         for k, v in ctx.summary.items():
             typer.echo(f"{k}: {v}")
+        typer.echo(f"stage wall and CPU seconds: {out / TIMINGS_FILE}")
         typer.echo(f"outputs under {out}")

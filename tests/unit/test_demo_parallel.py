@@ -95,7 +95,8 @@ def test_the_background_lane_is_a_real_demo_process_with_its_own_log(tmp_path):
     lane = SideLane(tmp_path, True, ["no-such-stage"])  # selects nothing: the process starts and exits 0
     lane.wait()
     assert lane.proc.returncode == 0
-    assert f"outputs under {tmp_path}" in (tmp_path / "side-lane.log").read_text()
+    log = (tmp_path / "side-lane.log").read_text()
+    assert f"outputs under {tmp_path}" in log and f"{tmp_path / 'timings.json'}" in log
 
 
 # ------------------------------------------------------------------ cores: never more busy processes
