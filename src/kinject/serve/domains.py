@@ -19,6 +19,7 @@ import logging
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from kinject.errors import UserError
@@ -105,7 +106,11 @@ class BankBuilder:
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_worker_init)
         loop = asyncio.get_running_loop()
-        return Path(await loop.run_in_executor(self._pool, _build, name, str(questions), str(like), str(out)))
+        try:
+            return Path(await loop.run_in_executor(self._pool, _build, name, str(questions), str(like), str(out)))
+        except BrokenProcessPool:  # the worker died (killed, out of memory): the next add starts a new one
+            self.shutdown()
+            raise
 
     def shutdown(self) -> None:
         if self._pool is not None:
