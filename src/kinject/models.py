@@ -180,6 +180,33 @@ def save_model(model, tokenizer, out: str | os.PathLike, dtype: torch.dtype | No
     return Path(out)
 
 
+def add_special_tokens(model, tokenizer, tokens) -> list[str]:
+    """Add the `tokens` a pretrained tokenizer lacks as special tokens; grow the embeddings only
+    when an id falls outside them. Returns the tokens added.
+
+    The original rows stay bit-identical (resize copies them; a test checks it). The new rows
+    start at zero, not transformers' sampled mean: kinject overwrites or re-initializes their
+    inputs (`<GAG>` rows are replaced by slots, GRIP's control tokens get word means), and with
+    tied embeddings a zero row gives the new token a logit of exactly 0, so a frozen base never
+    starts emitting a token it was not trained on because of a random draw."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in tokens if t not in vocab]
+    if not missing:
+        return []
+    tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            model.get_input_embeddings().weight[rows:] = 0
+            out = model.get_output_embeddings()
+            if out is not None:
+                out.weight[rows:] = 0
+                if getattr(out, "bias", None) is not None:
+                    out.bias[rows:] = 0
+    return missing
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -9,6 +9,10 @@ return chat messages; `render` applies the tokenizer's chat template.
   with `<GAG>` placeholders as the knowledge): `knowledge_messages`  (SPEC-GAG Stage III)
 - expert QA (Stage II SFT and `expert ask`):             `expert_messages`
 - expert background generation (memory construction):   `background_messages`
+
+`answer_format` is the answer-format help one evaluation gives every method alike (e.g.
+"Answer with a short phrase only." for an instruct model that otherwise answers in sentences):
+a line after the request, before the question, so GAG's placeholders stay at the end of the turn.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ def _join(*parts: str) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def general_messages(question: str) -> list[dict]:
-    return [{"role": "user", "content": _join(GENERAL_REQUEST, f"Question: {question}")}]
+def general_messages(question: str, answer_format: str = "") -> list[dict]:
+    return [{"role": "user", "content": _join(GENERAL_REQUEST, answer_format, f"Question: {question}")}]
 
 
-def knowledge_messages(question: str, knowledge: str, instruction: str = "") -> list[dict]:
-    """`{instruction}\\n{request}\\nQuestion: {q}\\nKnowledge: {knowledge}\\n` (SPEC-GAG)."""
-    content = _join(instruction, KNOWLEDGE_REQUEST, f"Question: {question}", f"Knowledge: {knowledge}") + "\n"
+def knowledge_messages(question: str, knowledge: str, instruction: str = "", answer_format: str = "") -> list[dict]:
+    """`{instruction}\\n{request}\\n[{answer_format}\\n]Question: {q}\\nKnowledge: {knowledge}\\n` (SPEC-GAG)."""
+    content = _join(instruction, KNOWLEDGE_REQUEST, answer_format, f"Question: {question}",
+                    f"Knowledge: {knowledge}") + "\n"
     return [{"role": "user", "content": content}]
 
 
@@ -38,8 +43,8 @@ def gag_knowledge(num_slots: int) -> str:
     return GAG_TOKEN * num_slots
 
 
-def gag_messages(question: str, num_slots: int, instruction: str = "") -> list[dict]:
-    return knowledge_messages(question, gag_knowledge(num_slots), instruction)
+def gag_messages(question: str, num_slots: int, instruction: str = "", answer_format: str = "") -> list[dict]:
+    return knowledge_messages(question, gag_knowledge(num_slots), instruction, answer_format)
 
 
 def expert_messages(instruction: str, question: str) -> list[dict]:

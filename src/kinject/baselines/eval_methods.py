@@ -28,13 +28,14 @@ class LoraMethod:
         self.models = {d: load_lora_model(options.base, a, ctx.device, ctx.dtype) for d, a in options.domains.items()}
         self.max_new_tokens = options.max_new_tokens or ctx.max_new_tokens
         self.batch_size = ctx.batch_size
+        self.answer_format = ctx.answer_format
 
     def _answer(self, domain: str, rows: list[dict]) -> list[dict]:
         from kinject.generation import generate_texts
         from kinject.prompts import general_messages, render
 
         model, tok = self.models[domain]
-        prompts = [render(tok, general_messages(r["question"])) for r in rows]
+        prompts = [render(tok, general_messages(r["question"], self.answer_format)) for r in rows]
         gens = generate_texts(model, tok, prompts, self.max_new_tokens, self.batch_size)
         return [{"prediction": g.text,
                  "trace": {"prompt_tokens": g.n_prompt_tokens, "new_tokens": g.n_new_tokens, "added_prompt_tokens": 0}}

@@ -39,6 +39,9 @@ class EvalConfig(StageConfig):
     dtype: str = "auto"
     batch_size: int = 16
     max_new_tokens: int = 32
+    # answer-format help every method gets alike, a line in each prompt (prompts.py); GAG must have
+    # been trained with the same line (its injector records it)
+    answer_format: str = ""
     limit: int | None = None  # cap on questions per dataset (quick runs)
     num_threads: int | None = None  # torch intra-op threads while methods answer (None: unchanged)
     plots: bool = True

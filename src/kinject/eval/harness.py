@@ -178,7 +178,7 @@ def run_eval(cfg: EvalConfig, out: Path, source: str = "config", force: bool = F
             print(f"eval run: {out} is complete with the same config and inputs; skipping (use --force to redo)")
         return read_results(out)
 
-    ctx = MethodContext(cfg.device, cfg.dtype, cfg.batch_size, cfg.max_new_tokens, cfg.seed)
+    ctx = MethodContext(cfg.device, cfg.dtype, cfg.batch_size, cfg.max_new_tokens, cfg.seed, cfg.answer_format)
     with torch_threads(cfg.num_threads):
         rows = _run(cfg, out, source, ctx, datasets, digest, quiet)
     if not quiet:

@@ -56,6 +56,7 @@ class MethodContext:
     batch_size: int = 16
     max_new_tokens: int = 32
     seed: int = 0
+    answer_format: str = ""  # the same answer-format help line for every method (prompts.py)
 
 
 class NoOptions(StrictModel):

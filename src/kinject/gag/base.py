@@ -22,13 +22,13 @@ from kinject.tokenizer import GAG_TOKEN, IM_END
 def ensure_gag_token(model, tokenizer, say=None) -> bool:
     """Add `<GAG>` as a special token when the tokenizer lacks it (resizing the embeddings
     only if its id falls outside them). Returns True when it was added; `say` gets a message."""
-    if GAG_TOKEN in tokenizer.get_vocab():
-        return False
-    tokenizer.add_tokens([GAG_TOKEN], special_tokens=True)
+    from kinject.models import add_special_tokens
+
     rows = model.get_input_embeddings().weight.shape[0]
+    if not add_special_tokens(model, tokenizer, [GAG_TOKEN]):
+        return False
     msg = f"added {GAG_TOKEN} to the base tokenizer (id {tokenizer.convert_tokens_to_ids(GAG_TOKEN)})"
-    if len(tokenizer) > rows:
-        model.resize_token_embeddings(len(tokenizer))
+    if model.get_input_embeddings().weight.shape[0] > rows:
         msg += f"; resized the base's embeddings {rows} -> {len(tokenizer)} rows"
     if say is not None:
         say(msg)
@@ -75,12 +75,13 @@ def _pad(rows: list[list[int]], value: int, left: bool = False) -> tuple[torch.T
 
 
 class InjectedBase:
-    def __init__(self, model, tokenizer, num_slots: int, instruction: str = "", say=None):
+    def __init__(self, model, tokenizer, num_slots: int, instruction: str = "", say=None, answer_format: str = ""):
         if num_slots < 1:
             raise UserError(f"number of slots must be >= 1 (got {num_slots})")
         self.model, self.tokenizer = model, tokenizer
         self.num_slots = num_slots
         self.instruction = instruction
+        self.answer_format = answer_format  # the answer-format help line (prompts.py); the injector records it
         self.added_gag = ensure_gag_token(model, tokenizer, say)
         self.gag_id = tokenizer.convert_tokens_to_ids(GAG_TOKEN)
         end = tokenizer.convert_tokens_to_ids(IM_END) if IM_END in tokenizer.get_vocab() else None
@@ -89,11 +90,12 @@ class InjectedBase:
         model.eval()
 
     @classmethod
-    def load(cls, path, num_slots: int, device: str = "auto", dtype: str = "auto", instruction: str = "", say=None):
+    def load(cls, path, num_slots: int, device: str = "auto", dtype: str = "auto", instruction: str = "", say=None,
+             answer_format: str = ""):
         from kinject.models import load_causal_lm
 
         model, tok = load_causal_lm(path, device=device, dtype=dtype)
-        return cls(model, tok, num_slots, instruction, say)
+        return cls(model, tok, num_slots, instruction, say, answer_format)
 
     @property
     def device(self) -> torch.device:
@@ -115,7 +117,7 @@ class InjectedBase:
     def prompt_text(self, question: str, instruction: str | None = None) -> str:
         """The GAG prompt; `instruction` (e.g. a row's domain instruction) overrides the default."""
         instr = self.instruction if instruction is None else instruction
-        return render(self.tokenizer, gag_messages(question, self.num_slots, instr))
+        return render(self.tokenizer, gag_messages(question, self.num_slots, instr, self.answer_format))
 
     def encode_train(self, questions: Sequence[str], answers: Sequence[str], max_length: int = 512,
                      instructions: Sequence[str | None] | None = None) -> TrainBatch:
@@ -173,7 +175,7 @@ class InjectedBase:
         return SplitTrainBatch(input_ids, mask, labels, prefix_ids, prefix_mask)
 
     def full_text(self, question: str, answer: str) -> str:
-        return render(self.tokenizer, with_answer(gag_messages(question, self.num_slots, self.instruction), answer),
+        return render(self.tokenizer, with_answer(gag_messages(question, self.num_slots, self.instruction, self.answer_format), answer),
                       add_generation_prompt=False)
 
     # ------------------------------------------------------------------ injection
@@ -206,10 +208,10 @@ class InjectedBase:
             # positions only, so its left padding leaves the real tokens' states unchanged
             with torch.no_grad():
                 cache = decoder(input_ids=batch.prefix_ids, attention_mask=batch.prefix_mask,
-                                use_cache=True).past_key_values
+                                use_cache=True).cache
             mask = torch.cat([batch.prefix_mask, batch.attention_mask], dim=1)
             return decoder(inputs_embeds=self.embed(batch.input_ids, z), attention_mask=mask,
-                           past_key_values=cache, use_cache=True).last_hidden_state
+                           cache=cache, use_cache=True).last_hidden_state
         return decoder(inputs_embeds=self.embed(batch.input_ids, z), attention_mask=batch.attention_mask,
                        use_cache=False).last_hidden_state
 

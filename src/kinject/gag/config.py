@@ -37,6 +37,7 @@ class Stage3Config(StageConfig):
     base: str
     out: str
     instruction: str = ""
+    answer_format: str = ""  # answer-format help line in the base prompt (prompts.py); recorded in the injector
     injector: InjectorSettings = InjectorSettings()
     init_injector: str | None = None  # start from a saved injector (e.g. an alignment-only run)
     alignment: PhaseConfig | None = None

@@ -64,6 +64,13 @@ class GagMethod:
                                         options.instruction, d.max_background_tokens, ctx.device, ctx.dtype,
                                         ctx.batch_size)
                       for name, d in options.domains.items()}
+        for name, pipe in self.pipes.items():  # a fair comparison: every method gets the same help
+            if pipe.base.answer_format != ctx.answer_format:
+                from kinject.errors import UserError
+
+                raise UserError(f"method 'gag': the {name} injector was trained with answer_format "
+                                f"{pipe.base.answer_format!r} but this evaluation gives {ctx.answer_format!r}; "
+                                "set the eval config's answer_format to the injector's")
         self.max_new_tokens = options.max_new_tokens or ctx.max_new_tokens
 
     def _answer(self, domain: str, rows: list[dict]) -> list[dict]:
@@ -93,6 +100,7 @@ class TextInjection:
         self.instruction = options.instruction
         self.max_new_tokens = options.max_new_tokens or ctx.max_new_tokens
         self.batch_size = ctx.batch_size
+        self.answer_format = ctx.answer_format
 
     def _answer(self, domain: str, rows: list[dict]) -> list[dict]:
         from kinject.eval.methods.closed_book import closed_book_tokens
@@ -103,10 +111,11 @@ class TextInjection:
         expert, etok, system, max_bg = self.experts[domain]
         qs = [r["question"] for r in rows]
         bgs = generate_texts(expert, etok, background_prompts(etok, qs, system), max_bg, self.batch_size)
-        prompts = [render(self.tokenizer, knowledge_messages(q, bg.text, r.get("instruction") or self.instruction))
+        prompts = [render(self.tokenizer, knowledge_messages(q, bg.text, r.get("instruction") or self.instruction,
+                                                              self.answer_format))
                    for q, bg, r in zip(qs, bgs, rows, strict=True)]
         gens = generate_texts(self.model, self.tokenizer, prompts, self.max_new_tokens, self.batch_size)
-        closed = closed_book_tokens(self.tokenizer, qs)
+        closed = closed_book_tokens(self.tokenizer, qs, self.answer_format)
         return [{"prediction": g.text,
                  "trace": {"background": bg.text, "expert_tokens": len(bg.token_ids), "prompt_tokens": g.n_prompt_tokens,
                            "added_prompt_tokens": g.n_prompt_tokens - c}}

@@ -46,6 +46,7 @@ class InjectorConfig(StrictModel):
     expert: str = ""
     expert_fingerprint: str = ""  # of the expert that wrote the training memories
     base: dict = {}  # identity of the base it was trained for (see InjectedBase.identity)
+    answer_format: str = ""  # the answer-format help line of the base prompt it was trained with
 
 
 def _mismatch(pairs: dict[str, tuple], left: str, right: str) -> str | None:

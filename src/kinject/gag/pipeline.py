@@ -82,7 +82,8 @@ class GagPipeline:
         if want and self.expert_fingerprint != want:
             raise UserError(f"expert {expert} is not the one whose memories trained the injector: fingerprint "
                             f"{self.expert_fingerprint!r} (expert) vs {want!r} (injector {injector})")
-        self.base = InjectedBase.load(base, self.injector.config.slots, device, dtype, instruction, say)
+        self.base = InjectedBase.load(base, self.injector.config.slots, device, dtype, instruction, say,
+                                      answer_format=self.injector.config.answer_format)
         self.injector.check_base(self.base.identity(), f"base {base}")
         self.injector.to(self.base.device).eval()
         self.system, self.max_background_tokens, self.batch_size = system, max_background_tokens, batch_size

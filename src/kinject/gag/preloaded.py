@@ -32,6 +32,9 @@ def check_injector(injector: Injector, expert_model, base: InjectedBase, where: 
     if injector.config.slots != base.num_slots:
         raise UserError(f"injector {where} has {injector.config.slots} slots, the base prompt {base.num_slots}")
     injector.check_base(base.identity(), "the shared base")
+    if injector.config.answer_format != base.answer_format:
+        raise UserError(f"injector {where} was trained with answer_format {injector.config.answer_format!r}, "
+                        f"the base prompt has {base.answer_format!r}")
 
 
 class PreloadedGagPipeline(GagPipeline):

@@ -155,7 +155,8 @@ class Stage3Trainer:
         if base is None:
             device = str(self.accelerator.device) if cfg.device == "auto" else cfg.device
             slots = metas[0][1].slots
-            base = InjectedBase.load(cfg.base, slots, device, cfg.base_dtype, cfg.instruction, say=self.say)
+            base = InjectedBase.load(cfg.base, slots, device, cfg.base_dtype, cfg.instruction, say=self.say,
+                                     answer_format=cfg.answer_format)
         self.base = base
         self.injector = self._make_injector(metas)
         self.base.model.requires_grad_(False)
@@ -183,8 +184,12 @@ class Stage3Trainer:
                 attention_heads=self.cfg.injector.attention_heads, residual_mix=self.cfg.injector.residual_mix,
                 expert=meta.expert,
                 expert_fingerprint=meta.expert_fingerprint, base=self.base.identity(),
+                answer_format=self.base.answer_format,
             ), seed=self.cfg.seed)
         inj.check_base(self.base.identity(), f"base {self.cfg.base}")
+        if inj.config.answer_format != self.base.answer_format:
+            raise UserError(f"the injector was trained with answer_format {inj.config.answer_format!r}, this run "
+                            f"uses {self.base.answer_format!r}; set answer_format to the injector's")
         for where, meta in metas:
             inj.check_store(meta, where)
         if inj.config.slots != self.base.num_slots:

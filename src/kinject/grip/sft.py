@@ -26,11 +26,10 @@ def ensure_control_tokens(model, tok, mode: str = "special") -> list[str]:
     tokens added. `text` mode adds nothing (the tokens stay sub-word text)."""
     if mode == "text":
         return []
-    vocab = tok.get_vocab()
-    missing = [t for t in CONTROL_TOKENS if t not in vocab]
+    from kinject.models import add_special_tokens
+
+    missing = add_special_tokens(model, tok, CONTROL_TOKENS)
     if missing:
-        tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
-        model.resize_token_embeddings(len(tok))
         print(f"grip sft: tokenizer lacked {', '.join(missing)}; added them as special tokens and "
               f"resized the embeddings to {len(tok)}", file=sys.stderr)
     for t in CONTROL_TOKENS:

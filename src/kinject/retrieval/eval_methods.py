@@ -35,6 +35,7 @@ class RagMethod:
         self.options = options
         self.max_new_tokens = options.max_new_tokens or ctx.max_new_tokens
         self.batch_size = ctx.batch_size
+        self.answer_format = ctx.answer_format
 
     def answer(self, batch: list[dict]) -> list[dict]:
         from kinject.eval.methods.closed_book import closed_book_tokens
@@ -43,8 +44,9 @@ class RagMethod:
         qs = [row["question"] for row in batch]
         o = self.options
         outs = rag_answer(self.model, self.tokenizer, self.retriever, qs, o.k, self.max_new_tokens,
-                          self.batch_size, o.instruction, style=o.passage_format)
-        closed = closed_book_tokens(self.tokenizer, qs)
+                          self.batch_size, o.instruction, style=o.passage_format,
+                          answer_format=self.answer_format)
+        closed = closed_book_tokens(self.tokenizer, qs, self.answer_format)
         return [{"prediction": out.answer,
                  "trace": {"hits": [h.id for h in out.hits], "n_retrievals": 1, "prompt_tokens": out.n_prompt_tokens,
                            "new_tokens": out.n_new_tokens, "added_prompt_tokens": out.n_prompt_tokens - c}}

@@ -38,8 +38,9 @@ def format_passages(hits: Sequence[Hit], style: str = "numbered") -> str:
     return "\n".join(lines)
 
 
-def rag_messages(question: str, hits: Sequence[Hit], instruction: str = "", style: str = "numbered") -> list[dict]:
-    return knowledge_messages(question, format_passages(hits, style), instruction)
+def rag_messages(question: str, hits: Sequence[Hit], instruction: str = "", style: str = "numbered",
+                 answer_format: str = "") -> list[dict]:
+    return knowledge_messages(question, format_passages(hits, style), instruction, answer_format)
 
 
 @dataclass
@@ -55,7 +56,7 @@ class RagOutput:
 def rag_answer(
     model, tokenizer, retriever: BaseRetriever, questions: Sequence[str], k: int,
     max_new_tokens: int = 32, batch_size: int = 16, instruction: str = "",
-    hits: Sequence[Sequence[Hit]] | None = None, style: str = "plain",
+    hits: Sequence[Sequence[Hit]] | None = None, style: str = "plain", answer_format: str = "",
 ) -> list[RagOutput]:
     """Answer each question from its top-k passages (pass `hits` to reuse a retrieval)."""
     from kinject.generation import generate_texts
@@ -63,7 +64,7 @@ def rag_answer(
     if hits is None:
         hits = retriever.batch_search(list(questions), k)
     hits = [list(h[:k]) for h in hits]
-    prompts = [render(tokenizer, rag_messages(q, h, instruction, style)) for q, h in zip(questions, hits, strict=True)]
+    prompts = [render(tokenizer, rag_messages(q, h, instruction, style, answer_format)) for q, h in zip(questions, hits, strict=True)]
     gens = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return [
         RagOutput(q, h, p, g.text, g.n_prompt_tokens, g.n_new_tokens)

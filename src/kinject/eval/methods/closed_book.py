@@ -22,12 +22,13 @@ class ClosedBook:
         self.model, self.tokenizer = load_causal_lm(options.model, device=ctx.device, dtype=ctx.dtype)
         self.max_new_tokens = options.max_new_tokens or ctx.max_new_tokens
         self.batch_size = ctx.batch_size
+        self.answer_format = ctx.answer_format
 
     def answer(self, batch: list[dict]) -> list[dict]:
         from kinject.generation import generate_texts
         from kinject.prompts import general_messages, render
 
-        prompts = [render(self.tokenizer, general_messages(row["question"])) for row in batch]
+        prompts = [render(self.tokenizer, general_messages(row["question"], self.answer_format)) for row in batch]
         gens = generate_texts(self.model, self.tokenizer, prompts, self.max_new_tokens, self.batch_size)
         return [
             {"prediction": g.text,
@@ -42,9 +43,9 @@ def make_closed_book(options: ClosedBookOptions, ctx: MethodContext) -> ClosedBo
     return ClosedBook(options, ctx)
 
 
-def closed_book_tokens(tokenizer, questions: list[str]) -> list[int]:
+def closed_book_tokens(tokenizer, questions: list[str], answer_format: str = "") -> list[int]:
     """Prompt tokens of the closed-book prompt per question: the zero point of `added_prompt_tokens`."""
     from kinject.prompts import general_messages, render
 
-    return [len(tokenizer(render(tokenizer, general_messages(q)), add_special_tokens=False)["input_ids"])
+    return [len(tokenizer(render(tokenizer, general_messages(q, answer_format)), add_special_tokens=False)["input_ids"])
             for q in questions]
