@@ -391,12 +391,30 @@ def _run_stage(ctx: DemoContext, st: Stage, out: Path, timings: StageTimings | N
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        out: Annotated[Path, typer.Option("--out", help="output root")] = Path("outputs/demo"),
+        out: Annotated[Path | None, typer.Option("--out", help="output root (tiny: outputs/demo, "
+                                                 "smollm2: outputs/real)")] = None,
         quick: Annotated[bool, typer.Option("--quick", help="smaller preset")] = False,
-        only: Annotated[list[str] | None, typer.Option("--only", help="run only these stages")] = None,
+        only: Annotated[list[str] | None, typer.Option("--only", help="run only these stages (tiny)")] = None,
+        preset: Annotated[str, typer.Option("--preset", help="tiny: the embedded tiny world; smollm2: a real "
+                                            "frozen base, SmolLM2-135M-Instruct (make real-model)")] = "tiny",
+        tiny_out: Annotated[Path, typer.Option("--tiny-out", help="smollm2: where the tiny world and its "
+                                               "experts are (or are made)")] = Path("outputs/demo"),
     ) -> None:
-        """Run the whole pipeline on the embedded tiny world (the README's main job)."""
-        ctx = run_demo(out, quick=quick, only=only)
+        """Run the whole pipeline on the embedded tiny world (the README's main job), or with a real base."""
+        from kinject.errors import UserError
+
+        if preset not in ("tiny", "smollm2"):
+            raise UserError(f"unknown demo preset {preset!r}; use tiny or smollm2")
+        if preset == "smollm2":
+            if only:
+                raise UserError("--only applies to the tiny preset; the smollm2 stages skip themselves when done")
+            from kinject.real.preset import run_real_preset
+
+            out = out or Path("outputs/real")
+            ctx = run_real_preset(out, tiny_out, quick=quick)
+        else:
+            out = out or Path("outputs/demo")
+            ctx = run_demo(out, quick=quick, only=only)
         for k, v in ctx.summary.items():
             typer.echo(f"{k}: {v}")
         typer.echo(f"stage wall and CPU seconds: {out / TIMINGS_FILE}")

@@ -1,0 +1,1 @@
+"""kinject on a real pretrained LLM: the SmolLM2-135M-Instruct preset (`kinject demo --preset smollm2`)."""
