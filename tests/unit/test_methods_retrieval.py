@@ -99,3 +99,27 @@ def test_grip_refuses_a_model_without_control_tokens(world, tmp_path):
     save_model(model, tok, tmp_path / "plain")
     with pytest.raises(UserError, match="not trained for GRIP"):
         build_method("grip", {"model": str(tmp_path / "plain"), "index": str(index)}, CTX)
+
+
+def test_rag_domain_rows_retrieve_from_their_own_index(world, tiny_model_dir, tmp_path):
+    from kinject.retrieval.index import build_index
+
+    rows, index = world
+    own = tmp_path / "own.jsonl"
+    own.write_text(json.dumps({"id": "priv-1", "title": "Ferovia-7",
+                               "text": "Ferovia-7 reaches a Faradaic efficiency of 93.5 percent."}) + "\n")
+    build_index(own, tmp_path / "own_index", "tantivy", progress=False)
+    m = build_method("rag_k1", {"model": str(tiny_model_dir), "index": str(index),
+                                "domain_indexes": {"materials": str(tmp_path / "own_index")}}, CTX)
+    private_q = {"id": "p1", "question": "What Faradaic efficiency does Ferovia-7 reach?", "domain": "materials"}
+    mixed = [rows[0], private_q, {**rows[2], "domain": "general"}]
+    out = m.answer(mixed)
+    assert out[1]["trace"]["hits"] == ["priv-1"]  # its domain's corpus
+    assert out[0]["trace"]["hits"] != ["priv-1"] and out[2]["trace"]["hits"] != ["priv-1"]
+    assert [o["prediction"] for o in out] == [m.answer([r])[0]["prediction"] for r in mixed]  # order kept
+    only_private = build_method("rag_k1", {"model": str(tiny_model_dir),
+                                           "domain_indexes": {"materials": str(tmp_path / "own_index")}}, CTX)
+    with pytest.raises(UserError, match="domain 'general' have no index"):
+        only_private.answer([mixed[2]])
+    with pytest.raises(UserError, match="give options.index"):
+        build_method("rag_k1", {"model": str(tiny_model_dir)}, CTX)

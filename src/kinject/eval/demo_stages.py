@@ -1,8 +1,8 @@
 """Demo stage `eval` (order 100): every method whose inputs the earlier stages made, one report.
 
 Runs `configs/eval/tiny.yaml` (datasets, metrics) with the methods built here from
-`ctx.artifacts` (`demo_methods`): `base` (all but mixed), `rag_k1` / `rag_k3` and `grip` on
-general + wiki, `expert` / `text_injection` / `gag` on the private domains, `mixed` on the mixed
+`ctx.artifacts` (`demo_methods`): `base` (all but mixed), `rag_k1` / `rag_k3` on
+general + wiki and on the private domains over their own knowledge bases, `grip` on general + wiki, `expert` / `text_injection` / `gag` on the private domains, `mixed` on the mixed
 online set (routing accuracy + confusion matrix), plus whatever later stages append to
 `ctx.artifacts["eval_methods"]` (`{"name", "options", "datasets"}` entries; the baselines stage
 adds `lora`). A method whose inputs are missing is left out and named in the summary. The
@@ -59,9 +59,14 @@ def demo_methods(artifacts: dict) -> tuple[list[dict], dict[str, str]]:
     entries: list[dict] = [{"name": "base", "options": {"model": base}, "datasets": [*PRIVATE, *OPEN]}]
     skipped: dict[str, str] = {}
     index = artifacts.get("wiki_index")
+    private = artifacts.get("private_index")  # the private domains' own corpus (retrieval stage)
     if index:
         for k in (1, 3):
-            entries.append({"name": f"rag_k{k}", "options": {"model": base, "index": str(index)}, "datasets": list(OPEN)})
+            opts = {"model": base, "index": str(index)}
+            if private:
+                opts["domain_indexes"] = {d: str(private) for d in PRIVATE}
+            entries.append({"name": f"rag_k{k}", "options": opts,
+                            "datasets": [*PRIVATE, *OPEN] if private else list(OPEN)})
     else:
         skipped["rag_k1, rag_k3"] = "no wiki_index (retrieval stage)"
     experts = {d: str(artifacts[f"expert_{d}"]) for d in PRIVATE if artifacts.get(f"expert_{d}")}

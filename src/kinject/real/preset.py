@@ -65,17 +65,13 @@ def import_stage(ctx: DemoContext, out: Path) -> None:
 
 
 def write_knowledge_corpus(world: Path, nq_passages: Path | None, out: Path) -> int:
-    """The private domains' knowledge bases (32-word windows, id `<domain>:<entity>#n`) and the
-    NQ passages as one `{id, title, text}` JSONL; returns the number of passages."""
-    from kinject.io import iter_jsonl, write_jsonl_atomic
-    from kinject.retrieval.base import Doc
-    from kinject.retrieval.ingest import chunk_doc, read_passages
+    """The private domains' knowledge bases (32-word windows, `world.private.knowledge_passages`)
+    and the NQ passages as one `{id, title, text}` JSONL; returns the number of passages."""
+    from kinject.io import write_jsonl_atomic
+    from kinject.retrieval.ingest import read_passages
+    from kinject.world.private import knowledge_passages
 
-    rows = []
-    for d in DOMAINS:
-        for r in iter_jsonl(world / f"{d}_domain" / "knowledge_base.jsonl"):
-            doc = Doc(id=f"{d}:{r['entity']}", text=r["text"], title=r["entity"])
-            rows += [{"id": c.id, "title": c.title, "text": c.text} for c in chunk_doc(doc, CHUNK_WORDS, CHUNK_OVERLAP)]
+    rows = knowledge_passages(world, DOMAINS, CHUNK_WORDS, CHUNK_OVERLAP)
     if nq_passages is not None:
         rows += [{"id": f"nq:{p.id}", "title": p.title, "text": p.text} for p in read_passages(nq_passages)]
     write_jsonl_atomic(out, rows)

@@ -1,4 +1,5 @@
-"""Eval method `rag_k{k}`: top-k passages from an index in the base's knowledge prompt
+"""Eval method `rag_k{k}`: top-k passages from an index (a private domain's own one for its
+questions, `domain_indexes`) in the base's knowledge prompt
 (`kinject.retrieval.rag.rag_answer`). `added_prompt_tokens` = prompt tokens over the
 closed-book prompt of the same question (the passages plus the knowledge request)."""
 
@@ -15,7 +16,9 @@ from kinject.eval.method import MethodContext, register_method
 
 class RagOptions(StrictModel):
     model: Path  # the base causal LM directory
-    index: Path  # an index built by `kinject index build`
+    index: Path | None = None  # an index built by `kinject index build`
+    # a private domain's own corpus: rows whose `domain` is a key retrieve from that index instead
+    domain_indexes: dict[str, Path] = Field(default_factory=dict)
     k: int = Field(ge=1)  # taken from the name: rag_k3 -> 3
     backend: str | None = None  # must match the index's when given
     passage_format: Literal["numbered", "plain"] = "plain"  # plain: what the tiny base was pretrained to read
@@ -27,10 +30,14 @@ class RagMethod:
     name = "rag"
 
     def __init__(self, options: RagOptions, ctx: MethodContext):
+        from kinject.errors import UserError
         from kinject.models import load_causal_lm
         from kinject.retrieval.base import open_index
 
-        self.retriever = open_index(options.index, options.backend)
+        if options.index is None and not options.domain_indexes:
+            raise UserError("method 'rag_k': give options.index (or options.domain_indexes for private domains)")
+        self.retrievers = {d: open_index(p, options.backend) for d, p in options.domain_indexes.items()}
+        self.retriever = open_index(options.index, options.backend) if options.index is not None else None
         self.model, self.tokenizer = load_causal_lm(options.model, device=ctx.device, dtype=ctx.dtype)
         self.options = options
         self.max_new_tokens = options.max_new_tokens or ctx.max_new_tokens
@@ -38,12 +45,31 @@ class RagMethod:
         self.answer_format = ctx.answer_format
 
     def answer(self, batch: list[dict]) -> list[dict]:
+        """Rows go to their domain's index (`domain_indexes`), the rest to `index`; order kept."""
+        groups: dict[str | None, list[int]] = {}
+        for i, row in enumerate(batch):
+            d = row.get("domain")
+            groups.setdefault(d if d in self.retrievers else None, []).append(i)
+        out: list[dict | None] = [None] * len(batch)
+        for d, idx in groups.items():
+            retriever = self.retrievers[d] if d is not None else self.retriever
+            if retriever is None:
+                from kinject.errors import UserError
+
+                domains = sorted({batch[i].get("domain") for i in idx}, key=str)
+                raise UserError(f"method {self.name!r}: questions of domain {domains[0]!r} have no index (add "
+                                "options.index or an entry under options.domain_indexes)")
+            for i, a in zip(idx, self._answer(retriever, [batch[i] for i in idx]), strict=True):
+                out[i] = a
+        return out  # type: ignore[return-value]
+
+    def _answer(self, retriever, batch: list[dict]) -> list[dict]:
         from kinject.eval.methods.closed_book import closed_book_tokens
         from kinject.retrieval.rag import rag_answer
 
         qs = [row["question"] for row in batch]
         o = self.options
-        outs = rag_answer(self.model, self.tokenizer, self.retriever, qs, o.k, self.max_new_tokens,
+        outs = rag_answer(self.model, self.tokenizer, retriever, qs, o.k, self.max_new_tokens,
                           self.batch_size, o.instruction, style=o.passage_format,
                           answer_format=self.answer_format)
         closed = closed_book_tokens(self.tokenizer, qs, self.answer_format)

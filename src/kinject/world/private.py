@@ -57,3 +57,23 @@ def qa_splits(world: World, d: DomainSpec, dev_fraction: float, rng: random.Rand
         out["dev"].append(row("dev", len(out["dev"]), e, a, rng.choice(a.questions)))
         out["dev_para"].append(row("dev_para", len(out["dev_para"]), e, a, rng.choice(a.heldout_questions)))
     return out
+
+
+def knowledge_passages(world_dir, domains, chunk_words: int = 32, chunk_overlap: int = 8) -> list[dict]:
+    """The private domains' knowledge bases as a retrieval corpus (`{id, title, text}` rows, the
+    RAG baseline's "own corpus"): each document cut into word windows, id
+    `<domain>:<entity>:<n>#<chunk>`, titled by its entity."""
+    from pathlib import Path
+
+    from kinject.io import iter_jsonl
+    from kinject.retrieval.base import Doc
+    from kinject.retrieval.ingest import chunk_doc
+
+    rows = []
+    for d in domains:
+        seen: dict[str, int] = {}
+        for r in iter_jsonl(Path(world_dir) / f"{d}_domain" / "knowledge_base.jsonl"):
+            n = seen[r["entity"]] = seen.get(r["entity"], -1) + 1
+            doc = Doc(id=f"{d}:{r['entity']}:{n}", text=r["text"], title=r["entity"])
+            rows += [{"id": c.id, "title": c.title, "text": c.text} for c in chunk_doc(doc, chunk_words, chunk_overlap)]
+    return rows
