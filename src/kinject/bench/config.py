@@ -116,4 +116,9 @@ class StagesBenchConfig(StageConfig):
     warmup_steps: int = Field(3, ge=0)
     only: list[Literal["dapt", "sft", "stage3", "memory", "grip_sft", "routing", "retrieval"]] = [
         "dapt", "sft", "stage3", "memory", "grip_sft", "routing", "retrieval"]
+    # stage3: the frozen base's dtype(s), timed one after the other (e.g. [float32, bfloat16] on a CPU
+    # with AVX512-BF16), the batch, and the answer-format line of the preset being timed
+    stage3_base_dtypes: list[Literal["auto", "float32", "bfloat16"]] = ["auto"]
+    stage3_batch: int = Field(32, ge=1)
+    stage3_answer_format: str = ""
     threads: int | None = 1

@@ -132,14 +132,25 @@ def bench_grip_sft(cfg, data: dict, work: Path) -> dict:
 
 
 def bench_stage3(cfg, data: dict, work: Path) -> dict:
+    """Stage III step rate for each `stage3_base_dtypes` entry; the first one's numbers at the top
+    level, all of them (with the speedup over the first) under `by_base_dtype`."""
+    runs = {dt: _stage3_rate(cfg, data, work, dt) for dt in cfg.stage3_base_dtypes}
+    first = runs[cfg.stage3_base_dtypes[0]]
+    if len(runs) > 1:
+        for r in runs.values():
+            r["speedup_vs_first"] = round(r["tokens_per_s"] / first["tokens_per_s"], 2)
+    return {**first, "by_base_dtype": runs}
+
+
+def _stage3_rate(cfg, data: dict, work: Path, base_dtype: str) -> dict:
     from kinject.bench.setup import shipped_gag_preset
     from kinject.gag.config import PhaseConfig, Stage3Config
     from kinject.gag.trainer import Stage3Trainer, batch_indices, stage3_losses
 
-    batch = 32
+    batch = cfg.stage3_batch
     # the shipped preset's injector (attention pooling, heads, residual mix), not the config default
-    c = Stage3Config(base=data["base"], out=str(work / "stage3"), threads=cfg.threads,
-                     injector=shipped_gag_preset()[0],
+    c = Stage3Config(base=data["base"], out=str(work / "stage3"), threads=cfg.threads, base_dtype=base_dtype,
+                     answer_format=cfg.stage3_answer_format, injector=shipped_gag_preset()[0],
                      domain=PhaseConfig(data=data["stage3_rows"], memory=data["stage3_memory"],
                                         steps=cfg.warmup_steps + cfg.steps, batch_size=batch, lr=5e-4))
     tr = Stage3Trainer(c)
@@ -165,7 +176,8 @@ def bench_stage3(cfg, data: dict, work: Path) -> dict:
             tb = tr.base.encode_train([r["question"] for r in rows], [r["answer"] for r in rows], c.max_length,
                                       [r.get("instruction") for r in rows])
             tokens += int(tb.attention_mask.sum())
-    return {"batch": batch, "timed_steps": cfg.steps, "seconds": round(secs, 3), "steps_per_s": round(cfg.steps / secs, 3),
+    return {"base_dtype": base_dtype, "batch": batch, "timed_steps": cfg.steps, "seconds": round(secs, 3),
+            "steps_per_s": round(cfg.steps / secs, 3),
             "tokens": tokens, "tokens_per_s": round(tokens / secs, 1),
             "tokens_counted_by": "base prompt + answer tokens (non-padding) per batch", **_cpu_rate(tokens, cpu),
             "injector_parameters": tr.injector.trainable_parameters(), "base_frozen": True}
