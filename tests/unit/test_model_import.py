@@ -81,6 +81,17 @@ def test_packaged_model_imports_dense_and_idempotent(tmp_path):
     assert all(isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.float32
                for m in model.modules() if type(m).__name__ == "Linear")
     assert tok.chat_template and tok.convert_tokens_to_ids("<|im_end|>") in model.generation_config.eos_token_id
+    # kinject's tokens into the real tokenizer: its rows stay bit-identical, the prompt holds the slots
+    from kinject.gag.base import InjectedBase
+
+    emb = model.get_input_embeddings().weight.detach().clone()
+    base = InjectedBase(model, tok, num_slots=4, answer_format="Answer with a short phrase only.")
+    assert torch.equal(model.get_input_embeddings().weight[: emb.shape[0]], emb)
+    batch = base.encode_train(["Which lab developed Ferovia-7?"], ["Ramquo Research Center"])
+    assert int((batch.input_ids == base.gag_id).sum()) == 4
+    full = tok(base.full_text("Which lab developed Ferovia-7?", "Ramquo Research Center"),
+               add_special_tokens=False).input_ids
+    assert batch.input_ids[0].tolist() == full[: batch.input_ids.shape[1]]  # pieces = the rendered turn
     stamp = (out / MANIFEST).stat().st_mtime_ns
     assert import_gguf("smollm2-135m-instruct", out) == man  # up to date: nothing rewritten
     assert (out / MANIFEST).stat().st_mtime_ns == stamp
