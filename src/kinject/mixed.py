@@ -81,6 +81,7 @@ class MixedOptions(StrictModel):
     dtype: str = "auto"
     batch_size: int = 16
     max_new_tokens: int = 32
+    answer_format: str = ""  # the general route's answer-format line (prompts.py); GAG routes use their injector's
 
 
 def check_paths(opts: MixedOptions, hint: str = "", prefix: str = "", domains: bool = True) -> None:
@@ -133,7 +134,7 @@ class ModelCache:
 class ClosedBookRoute:
     """`general`: the base closed-book, the `base` eval method's answer() on a shared model."""
 
-    def __init__(self, models: ModelCache, base: Path, max_new_tokens: int, batch_size: int):
+    def __init__(self, models: ModelCache, base: Path, max_new_tokens: int, batch_size: int, answer_format: str = ""):
         from kinject.eval.methods.closed_book import ClosedBook
 
         model, tok = models.get(base)
@@ -141,7 +142,7 @@ class ClosedBookRoute:
         self._impl = ClosedBook.__new__(ClosedBook)
         self._impl.model, self._impl.tokenizer = model, tok
         self._impl.max_new_tokens, self._impl.batch_size = max_new_tokens, batch_size
-        self._impl.answer_format = ""  # the served base answers as its closed-book eval does by default
+        self._impl.answer_format = answer_format
         self.models, self.name, self.tokenizer = models, "base", tok
 
     def answer(self, batch: list[dict]) -> list[dict]:
@@ -344,7 +345,8 @@ class MixedPipeline:
             router = Router(router.encoder, banks, opts.margin, opts.abstain)
         routes: dict[str, Any] = {}
         if GENERAL in router.domains:
-            routes[GENERAL] = ClosedBookRoute(models, opts.base, opts.max_new_tokens, opts.batch_size)
+            routes[GENERAL] = ClosedBookRoute(models, opts.base, opts.max_new_tokens, opts.batch_size,
+                                             opts.answer_format)
         for name, d in opts.domains.items():
             if name in unavailable:
                 continue

@@ -10,7 +10,9 @@ skipped when its inputs are unchanged and resumable where it trains:
             32-word windows, plus the NQ dev passages (real questions, real Wikipedia text)
 - `gag`     Stage III per private domain into the frozen real base (configs/real/), then GAG on
             the stored dev memories with the zeroed / foreign-memory controls
-- `eval`    every method from one harness run (configs/real/eval_smollm2.yaml): report.md
+- `eval`    every method from one harness run (configs/real/eval_smollm2.yaml): report.md; with
+            `mixed` (PPR routing -> the untouched real base for general questions / GAG) on a
+            mixed set: private dev questions beside real NQ questions (`domain: general`)
 
 Every stage's wall and CPU seconds go to `<out>/timings.json` (as in the tiny demo).
 """
@@ -36,10 +38,11 @@ from kinject.demo import (
 REPO = Path(__file__).resolve().parents[3]
 MODEL = "smollm2-135m-instruct"
 DOMAINS = ("materials", "adjuvant")
-TINY_PREREQUISITES = ["foundation", "world", "retrieval", "expert", "memory"]
+TINY_PREREQUISITES = ["foundation", "world", "retrieval", "ppr", "expert", "memory"]
 NQ = REPO / "data/realqa/nq_oracle"
 CHUNK_WORDS, CHUNK_OVERLAP = 32, 8
 DEV_LIMIT = 120  # questions per private dev set (the harness's and the controls')
+MIXED_PER_SOURCE = 40  # the mixed set: this many materials, adjuvant and NQ questions
 QUICK = {"gag": ["alignment.steps=30", "domain.steps=10"], "limit": 16}
 
 STAGES: list[Stage] = []
@@ -178,6 +181,21 @@ def gag_stage(ctx: DemoContext, out: Path) -> None:
     write_jsonl_atomic(out / "results.jsonl", rows)
 
 
+def write_mixed_set(world: Path, nq_questions: Path, out: Path, per_source: int) -> Path:
+    """Private dev questions (their own `domain`) beside real NQ questions (`domain: general`):
+    the first `per_source` of each, with their answers, for routing + answering in one pass."""
+    from kinject.io import read_jsonl, write_jsonl_atomic
+
+    rows = []
+    for d in DOMAINS:
+        rows += [{"id": r["id"], "question": r["input"], "answer": r["answer"], "domain": d}
+                 for r in read_jsonl(world / f"{d}_domain" / "qa_dev.jsonl")[:per_source]]
+    rows += [{"id": f"nq-{r['id']}", "question": r["question"], "answer": r["answer"], "domain": "general"}
+             for r in read_jsonl(nq_questions)[:per_source]]
+    write_jsonl_atomic(out, rows)
+    return out
+
+
 def real_methods(artifacts: dict) -> list[dict]:
     """Method entries for the harness: every method on the real base, from the stages' outputs."""
     from kinject.eval.demo_stages import _memory_settings
@@ -195,13 +213,20 @@ def real_methods(artifacts: dict) -> list[dict]:
         {"name": "gag", "datasets": private, "options": {"base": base, "domains": {
             d: {**bg[d], "injector": str(artifacts[f"real_injector_{d}"])} for d in DOMAINS}}},
     ]
+    if artifacts.get("ppr_banks"):
+        from kinject.expert.evaluate import default_instruction
+
+        entries.append({"name": "mixed", "datasets": ["mixed"], "options": {
+            "banks": str(artifacts["ppr_banks"]), "base": base, "domains": {
+                d: {**bg[d], "injector": str(artifacts[f"real_injector_{d}"]),
+                    "instruction": default_instruction(experts[d])} for d in DOMAINS}}})
     return entries
 
 
 @real_stage("eval", 30, "every method on the real base (harness): has_answer / F1 / EM, report.md")
 def eval_stage(ctx: DemoContext, out: Path) -> None:
     from kinject.config import load_config
-    from kinject.eval.config import EvalConfig, MethodEntry
+    from kinject.eval.config import DatasetEntry, EvalConfig, MethodEntry
     from kinject.eval.harness import run_eval
 
     config = REPO / "configs/real/eval_smollm2.yaml"
@@ -211,7 +236,16 @@ def eval_stage(ctx: DemoContext, out: Path) -> None:
         if d.name in DOMAINS:
             d.path = world / f"{d.name}_domain" / "qa_dev.jsonl"
     cfg.datasets = [d for d in cfg.datasets if d.name in DOMAINS or cfg.dataset_path(d).is_file()]
-    cfg.methods = [MethodEntry(**m) for m in real_methods(dict(ctx.artifacts))]
+    methods = real_methods(dict(ctx.artifacts))
+    nq = NQ / "dev.jsonl"
+    if any(m["name"] == "mixed" for m in methods) and nq.is_file():
+        per = QUICK["limit"] if ctx.quick else MIXED_PER_SOURCE
+        path = write_mixed_set(world, nq, out.parent / "mixed.jsonl", per)
+        cfg.datasets.append(DatasetEntry(name="mixed", path=path.resolve(), split="dev",
+                                         metrics=["has_answer", "f1", "em"]))
+    else:
+        methods = [m for m in methods if m["name"] != "mixed"]
+    cfg.methods = [MethodEntry(**m) for m in methods]
     run_eval(cfg, out, source=str(config))
     ctx.summary["eval: report"] = out / "report.md"
 
