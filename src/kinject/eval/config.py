@@ -20,7 +20,11 @@ class DatasetEntry(StrictModel):
     name: str  # column name in the report, e.g. materials, wiki_2hop
     path: Path  # JSONL with question/input + answer; relative paths resolve under data_root
     split: str = "test"
-    where: dict[str, Any] = Field(default_factory=dict)  # keep rows with these field values (hops: 2)
+    # keep rows whose fields match: a value (hops: 2), a list of values, or {prefix: "hotpotqa:"}
+    where: dict[str, Any] = Field(default_factory=dict)
+    # also score each value of this row field as its own column `<name>/<value>` (e.g. type: the
+    # real QA sets' bridge / comparison...), from the same answers
+    by: str | None = None
     limit: int | None = None  # first N questions (after `where`)
     metrics: list[str] | None = None  # overrides the config's metrics for this dataset
     # files to look missing answers up in by question text (mixed_domain/online has none);

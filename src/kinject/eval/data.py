@@ -5,6 +5,10 @@ gold answers (`answer`: a list or a string). `id` is optional. Predictions are m
 references by `id` when both carry one, else by the question text (whitespace-normalized). A
 `prediction` that is a list (GRIP's release writes the answer of every turn) is scored by its
 last element.
+
+`where` keeps rows whose fields match: a scalar is equality, a list is membership
+(`type: [bridge, compositional]`), `{prefix: "hotpotqa:"}` matches a string's start (the real QA
+files name their source in the id, `hotpotqa:5a8c...`, so one file serves two datasets).
 """
 
 from __future__ import annotations
@@ -54,6 +58,37 @@ def _answers(raw: Any, where: str) -> list[str]:
     return golds
 
 
+def _matches(value: Any, cond: Any) -> bool:
+    if isinstance(cond, dict):
+        return isinstance(value, str) and value.startswith(str(cond["prefix"]))
+    if isinstance(cond, list):
+        return value in cond
+    return value == cond
+
+
+def check_where(where: dict[str, Any] | None, source: str = "where") -> None:
+    """A dict condition must be `{prefix: str}` (the only operator): a typo fails before any model loads."""
+    for key, cond in (where or {}).items():
+        if isinstance(cond, dict) and (set(cond) != {"prefix"} or not isinstance(cond["prefix"], str)):
+            raise UserError(f"{source}: condition on {key!r} must be a value, a list of values or "
+                            f"{{prefix: TEXT}}, got {cond!r}")
+
+
+def row_matches(row: dict[str, Any], where: dict[str, Any] | None) -> bool:
+    return not where or all(_matches(row.get(k), c) for k, c in where.items())
+
+
+def group_by(questions: Sequence[Question], field_name: str) -> dict[str, list[int]]:
+    """Question positions per value of a row field (e.g. `type`), in order of first appearance;
+    rows without the field are left out."""
+    groups: dict[str, list[int]] = {}
+    for i, q in enumerate(questions):
+        value = q.row.get(field_name)
+        if value is not None:
+            groups.setdefault(str(value), []).append(i)
+    return groups
+
+
 def answer_lookup(files: Sequence[str | os.PathLike]) -> dict[str, dict]:
     """Question text -> the first row holding it (with answers) across `files`."""
     out: dict[str, dict] = {}
@@ -76,6 +111,7 @@ def load_questions(
     domain and general QA files). The matched row's other fields (e.g. `instruction`) are added
     too; the row's own fields win."""
     p = Path(path)
+    check_where(where, f"{p}: where")
     lookup = answer_lookup(answers_from) if answers_from else {}
     out: list[Question] = []
     for lineno, row in enumerate(iter_jsonl(p), 1):
@@ -94,7 +130,7 @@ def load_questions(
         if af is None:
             raise UserError(f"{loc}: missing answers (expected a field {' or '.join(map(repr, ANSWER_FIELDS))}); "
                             "this file cannot be scored (or name files to look them up in with `answers_from`)")
-        if where and any(row.get(k) != v for k, v in where.items()):
+        if not row_matches(row, where):
             continue
         qid = row.get("id")
         out.append(Question(str(row[qf]), _answers(row[af], loc), None if qid is None else str(qid), row))

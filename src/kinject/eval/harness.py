@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kinject.errors import UserError
 from kinject.eval.config import EvalConfig
-from kinject.eval.data import Question, load_questions, prediction_text
+from kinject.eval.data import Question, group_by, load_questions, prediction_text
 from kinject.eval.method import Method, MethodContext, build_method, resolve_method
 from kinject.eval.metrics import check_metric_options, check_metrics
 from kinject.eval.report import plot_confusion, write_report
@@ -42,6 +42,7 @@ class Prepared:
     metrics: list[str]
     path: Path
     answers_from: list[Path] = field(default_factory=list)
+    by: str | None = None  # a row field whose values are scored as columns of their own
 
 
 def prepare_datasets(cfg: EvalConfig, source: str) -> list[Prepared]:
@@ -61,7 +62,7 @@ def prepare_datasets(cfg: EvalConfig, source: str) -> list[Prepared]:
             if not f.is_file():
                 raise UserError(f"{source}: dataset {d.name!r}: answers_from file not found: {f}")
         out.append(Prepared(d.name, d.split, load_questions(path, d.where or None, limit, extra), metrics, path,
-                            extra))
+                            extra, d.by))
     if not out:
         raise UserError(f"{source}: no datasets configured")
     return out
@@ -162,6 +163,23 @@ def efficiency_rows(method: str, ds: Prepared, answers: list[dict], latency: lis
     return rows
 
 
+def column_names(ds: Prepared) -> list[str]:
+    """The dataset's report column, then one per value of `ds.by` (next to it, not at the end)."""
+    return [ds.name, *(f"{ds.name}/{v}" for v in (group_by(ds.questions, ds.by) if ds.by else {}))]
+
+
+def group_rows(method: str, ds: Prepared, answers: list[dict], latency: list[float],
+               per_question: dict[str, list[float]]) -> list[ResultRow]:
+    """Rows of dataset `<name>/<value>` for each value of `ds.by`: the same answers, scored per group."""
+    rows: list[ResultRow] = []
+    for value, idx in (group_by(ds.questions, ds.by) if ds.by else {}).items():
+        sub = Prepared(f"{ds.name}/{value}", ds.split, [ds.questions[i] for i in idx], ds.metrics, ds.path)
+        rows += [ResultRow(method=method, dataset=sub.name, split=ds.split, metric=m,
+                           value=sum(v[i] for i in idx) / len(idx), n=len(idx)) for m, v in per_question.items()]
+        rows += efficiency_rows(method, sub, [answers[i] for i in idx], [latency[i] for i in idx])
+    return rows
+
+
 def run_eval(cfg: EvalConfig, out: Path, source: str = "config", force: bool = False, quiet: bool = False) -> list[ResultRow]:
     check_methods(cfg, source)
     datasets = prepare_datasets(cfg, source)
@@ -230,6 +248,7 @@ def _run(cfg: EvalConfig, out: Path, source: str, ctx: MethodContext, datasets: 
                     scored = score_answers(ds.questions, preds, ds.metrics, entry.name, ds.name, ds.split,
                                            cfg.metric_options)
                 rows += scored.rows + efficiency_rows(entry.name, ds, answers, latency)
+                rows += group_rows(entry.name, ds, answers, latency, scored.per_question)
                 routed = routing_pairs(ds, answers)
                 if routed and cfg.plots:
                     plot_confusion(tmp / f"routing_confusion__{entry.name}__{ds.name}.png",
@@ -241,7 +260,7 @@ def _run(cfg: EvalConfig, out: Path, source: str, ctx: MethodContext, datasets: 
         curves = dict(cfg.training_curves)  # relative to the working directory, like model paths
         write_report(tmp, rows, title="kinject evaluation", plots=cfg.plots,
                      notes=[f"Config: `{source}`. Predictions per method and dataset under `predictions/`."],
-                     curves=curves, order=[d.name for d in datasets])
+                     curves=curves, order=[n for d in datasets for n in column_names(d)])
         rec.metrics = {f"{r.method}/{r.dataset}/{r.metric}": r.value for r in rows}
         rec.write(tmp, inputs_hash=digest)
     return rows
