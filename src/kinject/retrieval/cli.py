@@ -151,15 +151,37 @@ def rag_eval_cmd(
 def bench_retrieval(
     out: Annotated[Path, typer.Option("--out", help="output directory (bench.json)")],
     sizes: Annotated[str, typer.Option("--sizes", help="comma-separated corpus sizes")] = "100000",
-    backends: Annotated[str, typer.Option("--backends", help="comma-separated: tantivy,dense,bm25s")] = "tantivy,dense,bm25s",
+    backends: Annotated[str | None, typer.Option("--backends", help="comma-separated (default: tantivy,dense,bm25s; with --questions also hybrid)")] = None,
     dense_max: Annotated[int, typer.Option("--dense-max", help="subsample the dense corpus to at most N passages")] = 20000,
     queries: Annotated[int, typer.Option("--queries", help="number of queries")] = 1000,
     words: Annotated[int, typer.Option("--words", help="words per passage")] = 100,
     threads: Annotated[int, typer.Option("--threads", help="threads for batched search / indexing")] = 2,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    questions: Annotated[Path | None, typer.Option("--questions", help="a real corpus instead: questions JSONL with supporting_pids (data/realqa schema)")] = None,
+    passages: Annotated[Path | None, typer.Option("--passages", help="with --questions: the passages TSV the gold ids point into")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="with --questions: the first N questions only")] = None,
 ) -> None:
-    """Build docs/s, single-thread and batched queries/s, index size: same synthetic corpus and queries."""
+    """Synthetic corpus: build docs/s, single-thread and batched queries/s, index size. With --questions and
+    --passages: recall@{1,3,5,10} of the gold passages (any, all), MRR@10 and queries/s per backend
+    (tantivy, dense, hybrid; bm25s the reference), bench.json + bench.md."""
     from kinject.retrieval.bench import run_bench
+
+    if (questions is None) != (passages is None):
+        raise UserError("--questions and --passages go together (a real corpus and its questions)")
+    if questions is not None:
+        from kinject.realqa.cli import dataset_name
+        from kinject.realqa.data import load_qa_set
+        from kinject.retrieval.bench import run_corpus_bench
+
+        qa = load_qa_set(questions, passages)
+        items = qa.questions[:limit] if limit else qa.questions
+        names = (backends or "tantivy,dense,hybrid,bm25s").split(",")
+        rep = run_corpus_bench(out, qa.passages, [q.question for q in items], [q.gold for q in items],
+                               [q.type for q in items], [b.strip() for b in names if b.strip()], threads=threads,
+                               name=dataset_name(questions))
+        typer.echo((out / "bench.md").read_text(encoding="utf-8"))
+        _echo({"out": str(out / "bench.json"), "backends": [r["backend"] for r in rep["results"]]})
+        return
 
     try:
         size_list = [int(s) for s in sizes.split(",") if s.strip()]
@@ -167,7 +189,8 @@ def bench_retrieval(
         raise UserError(f"--sizes must be comma-separated integers, got {sizes!r}") from None
     if not size_list or any(s <= 0 for s in size_list):
         raise UserError(f"--sizes must be positive integers, got {sizes!r}")
-    res = run_bench(out, size_list, [b.strip() for b in backends.split(",") if b.strip()], dense_max=dense_max,
+    names = (backends or "tantivy,dense,bm25s").split(",")
+    res = run_bench(out, size_list, [b.strip() for b in names if b.strip()], dense_max=dense_max,
                     n_queries=queries, words=words, threads=threads, seed=seed)
     _echo(res["results"])
 

@@ -4,7 +4,8 @@
 A malformed line is a `UserError` naming file:line; with `skip_bad=True` it is counted in
 `IngestStats` and skipped instead. Chunk ids are `<doc id>#<n>` and each chunk keeps the
 document id as `source`, so hits trace back to the document and deleting the document id
-removes all of its chunks.
+removes all of its chunks. `unique_ids=True` makes a repeated passage id an error naming both
+lines (an index treats it as an update, last one wins; a corpus with gold ids must not).
 """
 
 from __future__ import annotations
@@ -46,17 +47,28 @@ def _fmt(path: Path) -> str:
     raise UserError(f"{path}: unknown passage file format; use a .tsv (DPR: id, text, title) or .jsonl file")
 
 
-def read_passages(path: str | Path, skip_bad: bool = False, stats: IngestStats | None = None) -> Iterator[Doc]:
+def read_passages(path: str | Path, skip_bad: bool = False, stats: IngestStats | None = None,
+                  unique_ids: bool = False) -> Iterator[Doc]:
     """Yield `Doc`s from a DPR TSV or a JSONL file (format from the extension)."""
     p = require_file(path, "passage file")
     stats = stats if stats is not None else IngestStats()
+    first: dict[str, int] | None = {} if unique_ids else None  # id -> line it was first seen on
     if _fmt(p) == "tsv":
-        yield from _read_tsv(p, skip_bad, stats)
+        yield from _read_tsv(p, skip_bad, stats, first)
     else:
-        yield from _read_jsonl(p, skip_bad, stats)
+        yield from _read_jsonl(p, skip_bad, stats, first)
 
 
-def _read_tsv(p: Path, skip_bad: bool, stats: IngestStats) -> Iterator[Doc]:
+def _check_unique(first: dict[str, int] | None, doc_id: str, p: Path, lineno: int) -> None:
+    if first is None:
+        return
+    if doc_id in first:
+        raise UserError(f"{p}:{lineno}: duplicate passage id {doc_id!r} (first on line {first[doc_id]}); "
+                        "passage ids must be unique")
+    first[doc_id] = lineno
+
+
+def _read_tsv(p: Path, skip_bad: bool, stats: IngestStats, first: dict[str, int] | None = None) -> Iterator[Doc]:
     csv.field_size_limit(sys.maxsize)
     with p.open(encoding="utf-8", newline="") as f:
         # DPR quotes fields containing quotes/tabs ("" escapes): csv's default dialect reads that.
@@ -87,11 +99,12 @@ def _read_tsv(p: Path, skip_bad: bool, stats: IngestStats) -> Iterator[Doc]:
             if not doc_id or not text:
                 stats.bad(where, "empty id or text", skip_bad)
                 continue
+            _check_unique(first, doc_id, p, reader.line_num)
             stats.read += 1
             yield Doc(id=doc_id, text=text, title=row[i_title].strip() if i_title is not None else "")
 
 
-def _read_jsonl(p: Path, skip_bad: bool, stats: IngestStats) -> Iterator[Doc]:
+def _read_jsonl(p: Path, skip_bad: bool, stats: IngestStats, first: dict[str, int] | None = None) -> Iterator[Doc]:
     # not kinject.io.iter_jsonl: that stops at the first bad line, --skip-bad must go on
     with p.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -113,6 +126,7 @@ def _read_jsonl(p: Path, skip_bad: bool, stats: IngestStats) -> Iterator[Doc]:
             if not isinstance(text, str) or not text.strip():
                 stats.bad(where, "missing or empty field 'text'", skip_bad)
                 continue
+            _check_unique(first, str(doc_id).strip(), p, lineno)
             stats.read += 1
             yield Doc(id=str(doc_id).strip(), text=text.strip(), title=str(title or "").strip())
 
