@@ -238,3 +238,33 @@ def test_corpus_bench_smoke_every_backend(capsys, tmp_path):
         assert r["single_qps"] > 0
     assert (out / "bench.md").read_text().count("| hybrid |") == 1
     assert not (out / "work").exists()  # scratch indexes are removed
+
+
+def test_default_bm25_beats_the_bm25s_reference_on_nq(tmp_path):
+    """The tantivy default (body + title) against plain BM25 over title + text (docs/realqa.md)."""
+    from kinject.realqa.data import load_qa_set
+    from kinject.retrieval.bench import run_corpus_bench
+
+    qa = load_qa_set(REALQA / "nq_oracle/dev.jsonl", REALQA / "nq_oracle/passages.tsv")
+    rep = run_corpus_bench(tmp_path, qa.passages, [q.question for q in qa.questions], [q.gold for q in qa.questions],
+                           [q.type for q in qa.questions], ["tantivy", "bm25s"], threads=1)
+    t, ref = rep["results"]
+    assert t["recall_any@5"] >= ref["recall_any@5"] and t["recall_any@1"] > ref["recall_any@1"]
+
+
+def test_indexes_built_before_the_body_field_still_open(tmp_path):
+    """Metadata without `body_field` means the title + text layout: reopened and searched as built."""
+    from kinject.io import write_json_atomic
+    from kinject.retrieval.base import META_FILE, Doc, open_index, read_meta
+    from kinject.retrieval.tantivy_backend import TantivyRetriever
+
+    r = TantivyRetriever.create(tmp_path, body_field=False)
+    r.add([Doc("1", "Velmora is the capital of Norland.", "Velmora"), Doc("2", "A river in the north.", "Esk")])
+    r.close()
+    write_json_atomic(tmp_path / META_FILE, {"backend": "tantivy", "format": 1, "options": {"heap_mb": 256,
+                                                                                            "writer_threads": 0}})
+    with open_index(tmp_path) as old:
+        assert old.fields == ("title", "text") and [h.id for h in old.search("capital of Norland", 2)] == ["1"]
+    assert "body_field" not in read_meta(tmp_path)["options"]
+    new = TantivyRetriever.create(tmp_path / "new")
+    assert new.options()["body_field"] is True and new.fields == ("body", "title")

@@ -49,12 +49,16 @@ def test_plain_bm25_parity(tmp_path, corpus):
     assert np.median(ratios) == pytest.approx(2.2, rel=0.05)
 
 
-def test_best_fields_parity_with_titles(tmp_path, corpus):
-    """Title + text as GRIP's ES multi_match best_fields: max over fields + 0.5 x the other."""
+@pytest.mark.parametrize("body_field", [True, False])
+def test_best_fields_parity_with_titles(tmp_path, corpus, body_field):
+    """Disjunction-max over fields with tie 0.5 (max over fields + 0.5 x the other): the default
+    over body (title + text as one field) and title; indexes built before `body` existed use
+    title and text, GRIP's ES multi_match best_fields."""
     docs, queries = corpus
-    r = TantivyRetriever.create(tmp_path)
+    r = TantivyRetriever.create(tmp_path, body_field=body_field)
     r.add(docs)
-    by_field = [_bm25s([d.title for d in docs]), _bm25s([d.text for d in docs])]
+    second = [f"{d.title} {d.text}" for d in docs] if body_field else [d.text for d in docs]
+    by_field = [_bm25s([d.title for d in docs]), _bm25s(second)]
     ref_top = []
     for q in queries:
         toks = english_tokens(q)
