@@ -268,3 +268,23 @@ def test_indexes_built_before_the_body_field_still_open(tmp_path):
     assert "body_field" not in read_meta(tmp_path)["options"]
     new = TantivyRetriever.create(tmp_path / "new")
     assert new.options()["body_field"] is True and new.fields == ("body", "title")
+
+
+def test_realqa_eval_with_a_config_runs_its_methods_per_type(capsys, tmp_path):
+    q, p = small_set(tmp_path)
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text("kind: eval\ndevice: cpu\nmetrics: [em]\nplots: false\ndatasets: []\nmethods:\n"
+                   "  - {name: lookup_k1, options: {answers: {'Which river flows through Velmora?': Esk}}}\n")
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(capsys, "realqa", "eval", "--questions", q, "--passages", p, "--out", out,
+                                "--backends", "tantivy", "--config", cfg, "--name", "toy")
+    assert code == 0, err
+    report = (out / "eval/report.md").read_text()
+    assert "| lookup_k1 | 0.333 | 0.500 | 0.000 |" in report and "toy/bridge (em)" in report
+    assert (out / "index/kinject-index.json").is_file() and (out / "retrieval/bench.json").is_file()
+    # a bad method in the config: one error line before anything is indexed or measured
+    cfg.write_text("kind: eval\nmetrics: [em]\ndatasets: []\nmethods:\n  - {name: no_such_method}\n")
+    code, _, err = run_cli(capsys, "realqa", "eval", "--questions", q, "--passages", p, "--out", tmp_path / "o2",
+                           "--config", cfg)
+    assert code == 2 and err.strip().startswith("error: ") and "unknown method 'no_such_method'" in err
+    assert not (tmp_path / "o2").exists()
