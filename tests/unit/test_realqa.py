@@ -238,6 +238,13 @@ def test_corpus_bench_smoke_every_backend(capsys, tmp_path):
         assert r["single_qps"] > 0
     assert (out / "bench.md").read_text().count("| hybrid |") == 1
     assert not (out / "work").exists()  # scratch indexes are removed
+    runs = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in runs] == [r["id"] for r in rows] and set(runs[0]) == {"id", "gold", "tantivy", "dense"}
+    from kinject.retrieval.bench import ranking_metrics
+
+    for b in ("tantivy", "dense"):  # the saved lists are the measured rankings, deeper
+        again = ranking_metrics([r[b] for r in runs], [r["gold"] for r in runs])
+        assert again["recall_any@10"] == by[b]["recall_any@10"] and again["mrr@10"] == by[b]["mrr@10"]
 
 
 def test_default_bm25_beats_the_bm25s_reference_on_nq(tmp_path):

@@ -77,7 +77,7 @@ def eval_cmd(
     names = [b.strip() for b in backends.split(",") if b.strip()]
     run_corpus_bench(out / "retrieval", qa.passages, [q.question for q in qa.questions],
                            [q.gold for q in qa.questions], [q.type for q in qa.questions], names,
-                           threads=threads, name=ds)
+                           threads=threads, name=ds, qids=[q.id for q in qa.questions])
     typer.echo((out / "retrieval" / "bench.md").read_text(encoding="utf-8"))
     if cfg is None:
         typer.echo(json.dumps({"dataset": ds, "questions": len(qa.questions), "passages": len(qa.passages),

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from kinject.io import write_json_atomic, write_text_atomic
+from kinject.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from kinject.retrieval.base import Doc
 from kinject.retrieval.synthetic import SyntheticCorpus
 
@@ -208,6 +208,7 @@ def run_bench(out: str | os.PathLike, sizes: list[int], backends: list[str], den
 # --- a real corpus with gold passages -----------------------------------------------------------
 KS = (1, 3, 5, 10)
 CORPUS_BACKENDS = ("tantivy", "dense", "hybrid", "bm25s")
+RUN_DEPTH = 50  # hybrid's default depth: runs.jsonl holds what it fuses
 
 
 def ranking_metrics(runs: list[list[str]], golds: list[list[str]], ks=KS) -> dict:
@@ -243,13 +244,16 @@ def _quality(name: str, single: list[list[str]], batched: list[list[str]], golds
 
 def run_corpus_bench(out: str | os.PathLike, docs: list[Doc], queries: list[str], golds: list[list[str]],
                      types: list[str], backends: list[str], threads: int = 2, name: str = "corpus",
-                     dense_options: dict | None = None, hybrid_options: dict | None = None) -> dict:
+                     dense_options: dict | None = None, hybrid_options: dict | None = None,
+                     qids: list[str] | None = None) -> dict:
     """Index `docs` with each backend, search every query, score the top 10 against `golds`.
 
     Hybrid searches the tantivy and dense indexes built here through `HybridRetriever` (RRF, the
     same code as a hybrid index), so the passages are encoded once; its build time is the sum of
     both. bm25s is the reference BM25 (`Bm25sReference`). Writes `<out>/bench.json` and
-    `<out>/bench.md` only at the end, atomically."""
+    `<out>/bench.md` only at the end, atomically, and `<out>/runs.jsonl`: per question, the top 50
+    of tantivy and dense (the lists hybrid fuses, searched again untimed), for error analysis and
+    fusion settings without encoding the corpus again."""
     from kinject.errors import UserError
     from kinject.retrieval.hybrid import HybridRetriever
 
@@ -261,6 +265,7 @@ def run_corpus_bench(out: str | os.PathLike, docs: list[Doc], queries: list[str]
     opts = {"tantivy": {"writer_threads": threads}, "dense": dense_options or {}}
     need = [b for b in ("tantivy", "dense") if b in backends or "hybrid" in backends]
     results, built = [], {}
+    runs: dict[str, list[list[str]]] = {}
     try:
         for b in need:
             built[b] = _build(b, docs, work, opts[b])
@@ -281,10 +286,14 @@ def run_corpus_bench(out: str | os.PathLike, docs: list[Doc], queries: list[str]
             results.append(_quality(b, single, batched, golds, types, len(docs), build_s, t1, tb))
             if b in ("dense", "hybrid"):
                 results[-1]["encoder_load_s"] = built["dense"][1].load_s
+        for b, (r, _) in built.items():
+            runs[b] = [[h.id for h in hs] for hs in r.batch_search(queries, RUN_DEPTH, threads=threads)]
     finally:
         for r, _ in built.values():
             r.close()
         shutil.rmtree(work, ignore_errors=True)
+    write_jsonl_atomic(out / "runs.jsonl", (
+        {"id": qids[i] if qids else i, "gold": golds[i], **{b: runs[b][i] for b in runs}} for i in range(len(queries))))
     report = {"corpus": name, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                           "threads": threads},
               "settings": {"backends": backends, "passages": len(docs), "queries": len(queries),

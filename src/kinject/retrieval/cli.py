@@ -178,7 +178,7 @@ def bench_retrieval(
         names = (backends or "tantivy,dense,hybrid,bm25s").split(",")
         rep = run_corpus_bench(out, qa.passages, [q.question for q in items], [q.gold for q in items],
                                [q.type for q in items], [b.strip() for b in names if b.strip()], threads=threads,
-                               name=dataset_name(questions))
+                               name=dataset_name(questions), qids=[q.id for q in items])
         typer.echo((out / "bench.md").read_text(encoding="utf-8"))
         _echo({"out": str(out / "bench.json"), "backends": [r["backend"] for r in rep["results"]]})
         return
