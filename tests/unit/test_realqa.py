@@ -295,3 +295,16 @@ def test_realqa_eval_with_a_config_runs_its_methods_per_type(capsys, tmp_path):
                            "--config", cfg)
     assert code == 2 and err.strip().startswith("error: ") and "unknown method 'no_such_method'" in err
     assert not (tmp_path / "o2").exists()
+
+
+def test_bench_fusion_refuses_saved_rankings(capsys, tmp_path):
+    """g is 5th in both lists: a large RRF constant ranks it first (in both), a small one lets the
+    lists' own first passages win."""
+    runs = write_jsonl(tmp_path / "runs.jsonl", [
+        {"id": "q1", "gold": ["g"], "tantivy": ["a", "x1", "x2", "x3", "g"], "dense": ["b", "y1", "y2", "y3", "g"]}])
+    code, stdout, err = run_cli(capsys, "bench", "fusion", "--runs", runs, "--rrf-k", "1,60")
+    assert code == 0, err
+    rows = {ln.split("|")[1].strip(): ln.split("|")[2].strip() for ln in stdout.splitlines()[2:]}
+    assert rows == {"tantivy": "0.000", "dense": "0.000", "hybrid rrf_k=1": "0.000", "hybrid rrf_k=60": "1.000"}
+    code, _, err = run_cli(capsys, "bench", "fusion", "--runs", runs, "--rrf-k", "0")
+    assert code == 2 and "--rrf-k must be positive" in err

@@ -324,3 +324,23 @@ def corpus_markdown(report: dict) -> str:
             cells = [f"{r['by_type'][t]['recall_any@5']:.3f} / {r['by_type'][t]['recall_all@5']:.3f}" for t in types]
             lines.append(f"| {r['backend']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def fusion_table(runs_path: str | os.PathLike, rrf_ks: list[int], depth: int = RUN_DEPTH) -> list[dict]:
+    """Ranking metrics of tantivy, dense and their RRF (`hybrid.rrf`, what a hybrid index computes)
+    for each `rrf_k`, from a corpus bench's `runs.jsonl`: fusion settings without encoding again."""
+    from kinject.errors import UserError
+    from kinject.io import read_jsonl
+    from kinject.retrieval.base import Hit
+    from kinject.retrieval.hybrid import rrf
+
+    rows = read_jsonl(runs_path, required=["gold", "tantivy", "dense"])
+    golds = [r["gold"] for r in rows]
+    if any(k <= 0 for k in rrf_ks) or not rrf_ks:
+        raise UserError(f"--rrf-k must be positive integers, got {rrf_ks}")
+    hits = [[[Hit(i, "", "", 0.0) for i in r[b][:depth]] for b in ("tantivy", "dense")] for r in rows]
+    out = [{"run": b, **ranking_metrics([r[b] for r in rows], golds)} for b in ("tantivy", "dense")]
+    for k in rrf_ks:
+        fused = [[h.id for h in rrf(pair, max(KS), k)] for pair in hits]
+        out.append({"run": f"hybrid rrf_k={k}", **ranking_metrics(fused, golds)})
+    return out

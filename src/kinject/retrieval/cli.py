@@ -195,6 +195,30 @@ def bench_retrieval(
     _echo(res["results"])
 
 
+@bench_app.command("fusion")
+def bench_fusion(
+    runs: Annotated[Path, typer.Option("--runs", help="runs.jsonl of `bench retrieval --questions/--passages`")],
+    rrf_k: Annotated[str, typer.Option("--rrf-k", help="comma-separated RRF constants")] = "2,5,10,60",
+    depth: Annotated[int, typer.Option("--depth", help="fuse each list's top N (hybrid's depth)")] = 50,
+) -> None:
+    """recall@k and MRR of tantivy + dense fused with each RRF constant, from saved rankings (no encoding)."""
+    from kinject.io import require_file
+    from kinject.retrieval.bench import KS, fusion_table
+
+    try:
+        ks = [int(x) for x in rrf_k.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--rrf-k must be comma-separated integers, got {rrf_k!r}") from None
+    if depth <= 0:
+        raise UserError(f"--depth must be positive, got {depth}")
+    rows = fusion_table(require_file(runs, "runs file"), ks, depth)
+    cols = [*(f"recall_any@{k}" for k in KS), *(f"recall_all@{k}" for k in KS), f"mrr@{max(KS)}"]
+    typer.echo("| run | " + " | ".join(c.replace("recall_", "") for c in cols) + " |")
+    typer.echo("|---" * (len(cols) + 1) + "|")
+    for r in rows:
+        typer.echo(f"| {r['run']} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(index_app, name="index")
     app.add_typer(rag_app, name="rag")
