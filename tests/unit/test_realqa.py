@@ -162,6 +162,14 @@ def corrupt(tmp_path: Path, case: str) -> tuple[Path, Path, str]:
     raise AssertionError(case)
 
 
+def test_a_misspelt_dense_option_is_one_error_line(capsys, tmp_path):
+    q, p = small_set(tmp_path)
+    code, _, err = run_cli(capsys, "realqa", "eval", "--questions", q, "--passages", p, "--out", tmp_path / "o",
+                           "--dense-opt", "devise=cuda")
+    assert code == 2 and err.startswith("error: unknown option(s) devise for backend 'dense'; valid: batch_size, device")
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("case", ["absent_pid", "short_row", "empty_text", "duplicate_question",
                                   "duplicate_passage", "missing_field", "bad_answer"])
 def test_bad_input_is_one_error_line_and_writes_nothing(capsys, tmp_path, case):
@@ -227,9 +235,10 @@ def test_corpus_bench_smoke_every_backend(capsys, tmp_path):
     p = write_tsv(tmp_path / "p.tsv", passages)
     out = tmp_path / "bench"
     code, stdout, err = run_cli(capsys, "bench", "retrieval", "--questions", q, "--passages", p, "--out", out,
-                                "--threads", 1)
+                                "--threads", 1, "--dense-opt", "batch_size=16")
     assert code == 0, err
     rep = json.loads((out / "bench.json").read_text())
+    assert rep["settings"]["dense"] == {"batch_size": 16}
     by = {r["backend"]: r for r in rep["results"]}
     assert list(by) == ["tantivy", "dense", "hybrid", "bm25s"]
     for r in by.values():

@@ -21,6 +21,17 @@ def dataset_name(questions: Path) -> str:
     return questions.parent.name if questions.stem in SPLIT_NAMES and questions.parent.name else questions.stem
 
 
+def dense_options_from(items: list[str] | None) -> dict:
+    """`--dense-opt key=value` pairs, checked against the dense backend's options."""
+    from kinject.config import apply_overrides
+    from kinject.retrieval.base import get_backend
+    from kinject.retrieval.index import check_options
+
+    opts = apply_overrides({}, items or [])
+    check_options(get_backend("dense"), "dense", opts)
+    return opts
+
+
 def fill_index(methods, index: Path) -> list[str]:
     """Give the built index to every method that takes an `index` option and was given none."""
     from kinject.eval.method import resolve_method
@@ -45,6 +56,7 @@ def eval_cmd(
     split: Annotated[str, typer.Option("--split", help="split name in the results")] = "dev",
     index_backend: Annotated[str, typer.Option("--index-backend", help="backend of the index the methods retrieve from")] = "tantivy",
     threads: Annotated[int, typer.Option("--threads", help="threads for batched search / indexing")] = 2,
+    dense_opt: Annotated[list[str] | None, typer.Option("--dense-opt", help="dense backend option key=value (repeatable), e.g. device=cuda")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides of --config", show_default=False)] = None,
 ) -> None:
     """Check the files (bad input: one error line, exit 2, nothing written), measure retrieval of the gold
@@ -56,6 +68,7 @@ def eval_cmd(
 
     if threads <= 0:
         raise UserError(f"--threads must be positive, got {threads}")
+    dense_options = dense_options_from(dense_opt)
     qa = load_qa_set(questions, passages)
     ds = name or dataset_name(questions)
     cfg = None
@@ -77,7 +90,7 @@ def eval_cmd(
     names = [b.strip() for b in backends.split(",") if b.strip()]
     run_corpus_bench(out / "retrieval", qa.passages, [q.question for q in qa.questions],
                            [q.gold for q in qa.questions], [q.type for q in qa.questions], names,
-                           threads=threads, name=ds, qids=[q.id for q in qa.questions])
+                           threads=threads, name=ds, qids=[q.id for q in qa.questions], dense_options=dense_options)
     typer.echo((out / "retrieval" / "bench.md").read_text(encoding="utf-8"))
     if cfg is None:
         typer.echo(json.dumps({"dataset": ds, "questions": len(qa.questions), "passages": len(qa.passages),

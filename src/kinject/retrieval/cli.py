@@ -160,6 +160,7 @@ def bench_retrieval(
     questions: Annotated[Path | None, typer.Option("--questions", help="a real corpus instead: questions JSONL with supporting_pids (data/realqa schema)")] = None,
     passages: Annotated[Path | None, typer.Option("--passages", help="with --questions: the passages TSV the gold ids point into")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="with --questions: the first N questions only")] = None,
+    dense_opt: Annotated[list[str] | None, typer.Option("--dense-opt", help="with --questions: dense backend option key=value, e.g. device=cuda")] = None,
 ) -> None:
     """Synthetic corpus: build docs/s, single-thread and batched queries/s, index size. With --questions and
     --passages: recall@{1,3,5,10} of the gold passages (any, all), MRR@10 and queries/s per backend
@@ -169,16 +170,17 @@ def bench_retrieval(
     if (questions is None) != (passages is None):
         raise UserError("--questions and --passages go together (a real corpus and its questions)")
     if questions is not None:
-        from kinject.realqa.cli import dataset_name
+        from kinject.realqa.cli import dataset_name, dense_options_from
         from kinject.realqa.data import load_qa_set
         from kinject.retrieval.bench import run_corpus_bench
 
+        dense_options = dense_options_from(dense_opt)
         qa = load_qa_set(questions, passages)
         items = qa.questions[:limit] if limit else qa.questions
         names = (backends or "tantivy,dense,hybrid,bm25s").split(",")
         rep = run_corpus_bench(out, qa.passages, [q.question for q in items], [q.gold for q in items],
                                [q.type for q in items], [b.strip() for b in names if b.strip()], threads=threads,
-                               name=dataset_name(questions), qids=[q.id for q in items])
+                               name=dataset_name(questions), qids=[q.id for q in items], dense_options=dense_options)
         typer.echo((out / "bench.md").read_text(encoding="utf-8"))
         _echo({"out": str(out / "bench.json"), "backends": [r["backend"] for r in rep["results"]]})
         return
