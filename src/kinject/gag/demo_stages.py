@@ -10,6 +10,8 @@ inputs are unchanged; a run started from other inputs is restarted (its checkpoi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from kinject.demo import DemoContext, stage
@@ -20,18 +22,64 @@ QUICK = ["alignment.steps=250", "alignment.limit=4000", "domain.steps=60"]  # me
 SPLITS = {"dev": "{d}", "dev_para": "{d}_para"}  # world split -> results dataset name
 
 
+@dataclass
+class EvalSet:
+    """Questions GAG is scored on after training, with the memory store holding their memories;
+    `key` names its predictions file and its foreign-value metric."""
+
+    store: Path
+    rows: list
+    dataset: str
+    split: str
+    key: str
+    controls: bool = True  # also the zeroed and foreign-memory controls
+
+
+def train_and_score(cfg, inputs_hash: str, command: str, eval_sets: Callable[[], list[EvalSet]],
+                    batch_size: int = 32) -> Path:
+    """Stage III with `cfg` (a skip when complete with the same inputs hash; resumed from its
+    checkpoints otherwise, restarted when its inputs changed), then GAG on each eval set:
+    `<out>/eval/results.jsonl` and predictions. Returns the run dir."""
+    import torch
+
+    from kinject.gag.evaluate import evaluate_gag
+    from kinject.gag.trainer import Stage3Trainer
+    from kinject.io import write_jsonl_atomic
+    from kinject.memory.demo_stages import fresh_or_resume
+    from kinject.memory.store import MemoryStore
+    from kinject.runs import RunRecorder, is_complete
+
+    run_dir = Path(cfg.out)
+    if is_complete(run_dir, inputs_hash):
+        return run_dir
+    fresh_or_resume(run_dir, inputs_hash)
+    rec = RunRecorder(run_dir, command, cfg, cfg.seed)
+    trainer = Stage3Trainer(cfg, say=print)
+    with rec.timer("train"):
+        rec.metrics.update(trainer.train())
+    rows = []
+    with rec.timer("eval"), torch.no_grad():
+        for es in eval_sets():
+            res = evaluate_gag(trainer.injector.eval(), trainer.base, MemoryStore(es.store), es.rows, es.dataset,
+                               es.split, controls=es.controls, batch_size=batch_size)
+            rows += res["results"]
+            write_jsonl_atomic(run_dir / "eval" / f"predictions_{es.key}.jsonl", res["predictions"])
+            if res["foreign_value_rate"] is not None:
+                rec.metrics[f"{es.key}/foreign_value_rate"] = res["foreign_value_rate"]
+    write_jsonl_atomic(run_dir / "eval" / "results.jsonl", rows)
+    rec.metrics.update({f"{r['dataset']}/{r['split']}/{r['method']}/{r['metric']}": r["value"] for r in rows})
+    rec.write(inputs_hash=inputs_hash)
+    return run_dir
+
+
 def train_domain_injector(domain: str, world: Path, base: Path, mem: Path, amem: Path, out: Path,
                           overrides: list[str]) -> Path:
     """Stage III + evaluation of one domain (a worker of `run_parallel`; the preset's overrides
     are passed in); returns the run dir."""
     from kinject.config import load_config
     from kinject.gag.config import Stage3Config
-    from kinject.gag.evaluate import evaluate_gag
-    from kinject.gag.trainer import Stage3Trainer
-    from kinject.io import read_jsonl, write_jsonl_atomic
-    from kinject.memory.demo_stages import fresh_or_resume
-    from kinject.memory.store import MemoryStore
-    from kinject.runs import RunRecorder, inputs_hash, is_complete
+    from kinject.io import read_jsonl
+    from kinject.runs import inputs_hash
 
     ddir = world / f"{domain}_domain"
     cfg = load_config(REPO / f"configs/gag/{domain}_stage3_tiny.yaml", [
@@ -40,35 +88,18 @@ def train_domain_injector(domain: str, world: Path, base: Path, mem: Path, amem:
         f"domain.data={ddir / 'qa_train.jsonl'}", f"domain.memory={mem}", *overrides,
     ], expect=Stage3Config)
     h = inputs_hash(cfg, mem / "manifest.json", amem / "manifest.json", *sorted(base.glob("*.safetensors")))
-    run_dir = Path(cfg.out)
-    if is_complete(run_dir, h):
-        return run_dir
-    fresh_or_resume(run_dir, h)
-    rec = RunRecorder(run_dir, "demo gag", cfg, cfg.seed)
-    trainer = Stage3Trainer(cfg, say=print)
-    with rec.timer("train"):
-        rec.metrics.update(trainer.train())
-    store = MemoryStore(mem)
-    rows = []
-    with rec.timer("eval"):
-        for split, name in SPLITS.items():
-            res = evaluate_gag(trainer.injector.eval(), trainer.base, store,
-                               read_jsonl(ddir / f"qa_{split}.jsonl"), name.format(d=domain), split)
-            rows += res["results"]
-            write_jsonl_atomic(run_dir / "eval" / f"predictions_{split}.jsonl", res["predictions"])
-            rec.metrics[f"{split}/foreign_value_rate"] = res["foreign_value_rate"]
+
+    def eval_sets() -> list[EvalSet]:
+        sets = [EvalSet(mem, read_jsonl(ddir / f"qa_{split}.jsonl"), name.format(d=domain), split, split)
+                for split, name in SPLITS.items()]
         # the channel alone: fresh general facts the expert only read (align_dev memories are
         # built with the alignment store), so no expert knowledge is involved
         align_dev = world / "general" / "align_dev.jsonl"
         if align_dev.is_file():
-            res = evaluate_gag(trainer.injector.eval(), trainer.base, MemoryStore(amem), read_jsonl(align_dev)[:200],
-                               "align_fresh", "dev")
-            rows += res["results"]
-            rec.metrics["align_dev/foreign_value_rate"] = res["foreign_value_rate"]
-    write_jsonl_atomic(run_dir / "eval" / "results.jsonl", rows)
-    rec.metrics.update({f"{r['dataset']}/{r['split']}/{r['method']}/{r['metric']}": r["value"] for r in rows})
-    rec.write(inputs_hash=h)
-    return run_dir
+            sets.append(EvalSet(amem, read_jsonl(align_dev)[:200], "align_fresh", "dev", "align_dev"))
+        return sets
+
+    return train_and_score(cfg, h, "demo gag", eval_sets)
 
 
 @stage("gag", order=70, help="GAG Stage III (alignment + domain) on the frozen base, scored on dev")

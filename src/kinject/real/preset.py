@@ -121,44 +121,23 @@ def stage3_config(domain: str, world: Path, base: Path, mem: Path, amem: Path, o
 
 def train_real_injector(domain: str, world: Path, base: Path, mem: Path, amem: Path, out: Path,
                         overrides: list[str], limit: int) -> Path:
-    """Stage III into the real base + GAG on stored dev memories with controls (a worker of
-    `run_parallel`); resumes from its checkpoints; returns the run dir."""
-    import torch
+    """Stage III into the real base + GAG on stored dev memories with controls, and on fresh
+    general facts only the expert read (the channel alone); a worker of `run_parallel`, resumed
+    from its checkpoints; returns the run dir."""
+    from kinject.gag.demo_stages import EvalSet, train_and_score
+    from kinject.io import read_jsonl
 
-    from kinject.gag.evaluate import evaluate_gag
-    from kinject.gag.trainer import Stage3Trainer
-    from kinject.io import read_jsonl, write_jsonl_atomic
-    from kinject.memory.demo_stages import fresh_or_resume
-    from kinject.memory.store import MemoryStore
-    from kinject.runs import RunRecorder, is_complete
-
-    ddir = world / f"{domain}_domain"
     cfg, h = stage3_config(domain, world, base, mem, amem, out, overrides)
-    run_dir = Path(cfg.out)
-    if is_complete(run_dir, h):
-        return run_dir
-    fresh_or_resume(run_dir, h)
-    rec = RunRecorder(run_dir, "real gag", cfg, cfg.seed)
-    trainer = Stage3Trainer(cfg, say=print)
-    with rec.timer("train"):
-        rec.metrics.update(trainer.train())
-    rows = []
-    with rec.timer("eval"), torch.no_grad():
-        res = evaluate_gag(trainer.injector.eval(), trainer.base, MemoryStore(mem),
-                           read_jsonl(ddir / "qa_dev.jsonl")[:limit], domain, "dev", batch_size=16)
-        rows += res["results"]
-        write_jsonl_atomic(run_dir / "eval" / "predictions_dev.jsonl", res["predictions"])
-        rec.metrics["dev/foreign_value_rate"] = res["foreign_value_rate"]
-        # the channel alone: fresh general facts only the expert read
+
+    def eval_sets() -> list[EvalSet]:
+        sets = [EvalSet(mem, read_jsonl(world / f"{domain}_domain" / "qa_dev.jsonl")[:limit], domain, "dev", "dev")]
         align_dev = world / "general" / "align_dev.jsonl"
         if align_dev.is_file():
-            res = evaluate_gag(trainer.injector.eval(), trainer.base, MemoryStore(amem),
-                               read_jsonl(align_dev)[:limit], "align_fresh", "dev", controls=False, batch_size=16)
-            rows += res["results"]
-    write_jsonl_atomic(run_dir / "eval" / "results.jsonl", rows)
-    rec.metrics.update({f"{r['dataset']}/{r['method']}/{r['metric']}": r["value"] for r in rows})
-    rec.write(inputs_hash=h)
-    return run_dir
+            sets.append(EvalSet(amem, read_jsonl(align_dev)[:limit], "align_fresh", "dev", "align_dev",
+                                controls=False))
+        return sets
+
+    return train_and_score(cfg, h, "real gag", eval_sets, batch_size=16)
 
 
 @real_stage("gag", 20, "GAG Stage III into the frozen real base per private domain; controls on dev")
