@@ -3,6 +3,11 @@ changed"): each variant is a tantivy index of the same passages and the same ana
 only the fields queried and the analyzer chain differ. Run from the repository root:
 
     .venv/bin/python benchmarks/realqa/bm25_variants.py
+
+Then, on NQ, the questions whose gold passage the default ranks first and the earlier default did
+not: how many have a question word in the gold's title that its text lacks (best_fields scores
+the better field fully and the other at half, so a match split between title and text is
+discounted; one `body` field adds them up), with a few examples.
 """
 
 from __future__ import annotations
@@ -89,5 +94,30 @@ def main() -> None:
                 print(f"| {c} | {name} | {qname} | " + " | ".join(f"{m[k]:.3f}" for k in cols) + " |")
 
 
+def explain(n_examples: int = 4) -> None:
+    qa = load_qa_set("data/realqa/nq_oracle/dev.jsonl", "data/realqa/nq_oracle/passages.tsv")
+    by_id = {d.id: d for d in qa.passages}
+    an = analyzer(True, True)
+    schema, s = searcher(qa.passages, an)
+    q = queries(schema)
+    old, new = q["best_fields(title, text) tie 0.5 (earlier default)"], q["dismax(body, title) tie 0.5 (default)"]
+    rescued, split, examples = 0, 0, []
+    for item in qa.questions:
+        terms = an.analyze(item.question)
+        first = [s.doc(s.search(make(terms), 1).hits[0][1]).get_first("id") for make in (old, new)]
+        gold = by_id[item.gold[0]]
+        if first[1] == gold.id != first[0]:
+            rescued += 1
+            title_only = set(terms) & set(an.analyze(gold.title)) - set(an.analyze(gold.text))
+            split += bool(title_only)
+            if title_only and by_id[first[0]].title != gold.title and len(examples) < n_examples:
+                examples.append(f"- {item.question!r}: gold {gold.title!r} (title-only words {sorted(title_only)}), "
+                                f"earlier top 1 {by_id[first[0]].title!r}")
+    print(f"\nnq_oracle: {rescued} questions ranked first by the default and not by the earlier default; "
+          f"{split} of them have a question word in the gold's title that its text lacks.")
+    print("\n".join(examples))
+
+
 if __name__ == "__main__":
     main()
+    explain()
