@@ -28,7 +28,7 @@ class RagEvalConfig(StageConfig):
     max_new_tokens: int = 32
     batch_size: int = 16
     limit: int | None = None  # first N questions only
-    where: dict[str, Any] = {}  # keep rows whose fields equal these values, e.g. {hops: 1}
+    where: dict[str, Any] = {}  # keep matching rows: {hops: 1}, {type: [bridge, inference]}, {id: {prefix: "x:"}}
     gold_field: str = "gold_passage_ids"  # when rows have it: recall@k of the retriever too
     device: str = "auto"
     dtype: str = "auto"

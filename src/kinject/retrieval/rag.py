@@ -98,7 +98,10 @@ def rag_eval(cfg, out: Path, progress: bool = True) -> list[dict]:
     qpath = require_file(cfg.questions, "questions file")
     rows = read_jsonl(qpath, required=["question", "answer"])
     if cfg.where:
-        rows = [r for r in rows if all(r.get(key) == v for key, v in cfg.where.items())]
+        from kinject.eval.data import check_where, row_matches  # the harness's `where`, one meaning
+
+        check_where(cfg.where, f"{qpath}: where")
+        rows = [r for r in rows if row_matches(r, cfg.where)]
         if not rows:
             raise UserError(f"{qpath}: no question matches where={cfg.where}")
     if cfg.limit:
