@@ -162,11 +162,15 @@ def corrupt(tmp_path: Path, case: str) -> tuple[Path, Path, str]:
     raise AssertionError(case)
 
 
-def test_a_misspelt_dense_option_is_one_error_line(capsys, tmp_path):
+@pytest.mark.parametrize("args, needle", [
+    (["--dense-opt", "devise=cuda"], "error: unknown option(s) devise for backend 'dense'; valid: batch_size, device"),
+    (["--index-backend", "tantivyy"], "error: unknown retrieval backend 'tantivyy'"),
+    (["--backends", "tantivy,bm25"], "error: --backends: unknown ['bm25']"),
+])
+def test_misspelt_options_are_one_error_line(capsys, tmp_path, args, needle):
     q, p = small_set(tmp_path)
-    code, _, err = run_cli(capsys, "realqa", "eval", "--questions", q, "--passages", p, "--out", tmp_path / "o",
-                           "--dense-opt", "devise=cuda")
-    assert code == 2 and err.startswith("error: unknown option(s) devise for backend 'dense'; valid: batch_size, device")
+    code, _, err = run_cli(capsys, "realqa", "eval", "--questions", q, "--passages", p, "--out", tmp_path / "o", *args)
+    assert code == 2 and err.startswith(needle) and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()
 
 

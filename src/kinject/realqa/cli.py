@@ -65,9 +65,11 @@ def eval_cmd(
     import json
 
     from kinject.realqa.data import load_qa_set
+    from kinject.retrieval.base import get_backend
 
     if threads <= 0:
         raise UserError(f"--threads must be positive, got {threads}")
+    get_backend(index_backend)  # a typo fails before anything is measured
     dense_options = dense_options_from(dense_opt)
     qa = load_qa_set(questions, passages)
     ds = name or dataset_name(questions)
@@ -89,8 +91,8 @@ def eval_cmd(
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
     run_corpus_bench(out / "retrieval", qa.passages, [q.question for q in qa.questions],
-                           [q.gold for q in qa.questions], [q.type for q in qa.questions], names,
-                           threads=threads, name=ds, qids=[q.id for q in qa.questions], dense_options=dense_options)
+                     [q.gold for q in qa.questions], [q.type for q in qa.questions], names,
+                     threads=threads, name=ds, qids=[q.id for q in qa.questions], dense_options=dense_options)
     typer.echo((out / "retrieval" / "bench.md").read_text(encoding="utf-8"))
     if cfg is None:
         typer.echo(json.dumps({"dataset": ds, "questions": len(qa.questions), "passages": len(qa.passages),
