@@ -1,4 +1,4 @@
-"""The mixed-domain pipeline (SPEC-GAG "mixed-domain flow"): route each question with PPR, then
+"""The mixed-domain pipeline (the GAG paper's mixed-domain flow): route each question with PPR, then
 answer it with the routed method: `general` -> the frozen base closed-book, each private domain
 -> GAG for that domain (its expert + injector over the SHARED base), optionally `wiki` -> GRIP.
 

@@ -6,7 +6,7 @@ return chat messages; `render` applies the tokenizer's chat template.
 
 - closed-book answer (base only, the `general` route):   `general_messages`
 - answer from knowledge (RAG passages, text injection of the expert's background, and GAG
-  with `<GAG>` placeholders as the knowledge): `knowledge_messages`  (SPEC-GAG Stage III)
+  with `<GAG>` placeholders as the knowledge): `knowledge_messages`  (GAG Stage III)
 - expert QA (Stage II SFT and `expert ask`):             `expert_messages`
 - expert background generation (memory construction):   `background_messages`
 
@@ -33,7 +33,7 @@ def general_messages(question: str, answer_format: str = "") -> list[dict]:
 
 
 def knowledge_messages(question: str, knowledge: str, instruction: str = "", answer_format: str = "") -> list[dict]:
-    """`{instruction}\\n{request}\\n[{answer_format}\\n]Question: {q}\\nKnowledge: {knowledge}\\n` (SPEC-GAG)."""
+    """`{instruction}\\n{request}\\n[{answer_format}\\n]Question: {q}\\nKnowledge: {knowledge}\\n` (the GAG paper's)."""
     content = _join(instruction, KNOWLEDGE_REQUEST, answer_format, f"Question: {question}",
                     f"Knowledge: {knowledge}") + "\n"
     return [{"role": "user", "content": content}]
@@ -48,7 +48,7 @@ def gag_messages(question: str, num_slots: int, instruction: str = "", answer_fo
 
 
 def expert_messages(instruction: str, question: str) -> list[dict]:
-    """Stage II user turn: `instruction + "\\nQuestion: " + input` (SPEC-GAG)."""
+    """Stage II user turn: `instruction + "\\nQuestion: " + input` (the GAG paper's)."""
     return [{"role": "user", "content": f"{instruction}\nQuestion: {question}"}]
 
 

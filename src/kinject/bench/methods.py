@@ -1,6 +1,6 @@
 """`kinject bench methods`: per question, for base (closed book), rag_k{1,3,5}, text_injection,
 gag and grip: prompt tokens, expert tokens generated, prefill and decode time, end-to-end
-latency (p50/p90) at batch 1, and batched throughput; plus the issue's targets as ratios
+latency (p50/p90) at batch 1, and batched throughput; plus the latency targets as ratios
 computed from this one run.
 
 Methods are interleaved question by question (every method answers question i before any
@@ -284,8 +284,9 @@ def _per_q_ratio(a: list[dict], b: list[dict], key: str) -> float | None:
 
 
 def targets(per_q: dict[str, list[dict]], summary: dict[str, dict]) -> dict:
-    """The issue's targets, each computed from this run's numbers (ratio of means and the median
-    of per-question ratios: methods answered the same questions side by side)."""
+    """The latency targets (docs/performance.md), each computed from this run's numbers (ratio of
+    means and the median of per-question ratios: methods answered the same questions side by
+    side)."""
     out: dict = {}
     if "gag" not in summary:
         return out

@@ -1,4 +1,4 @@
-"""Routing metrics (PPR, SPEC-GAG): micro accuracy, macro accuracy, per-domain accuracy, confusion.
+"""Routing metrics (PPR, as in the GAG paper): micro accuracy, macro accuracy, per-domain accuracy, confusion.
 
 Labels are domain NAMES (never ids). Plain functions over (gold, predicted) label lists. The
 counting is written out (a few lines) rather than taken from scikit-learn, whose

@@ -5,7 +5,7 @@ Both load encoders from LOCAL paths only; the default is the all-MiniLM-L6-v2 sh
 
 BERTScore: greedy cosine matching of contextual token embeddings from one layer (`num_layers`
 is required for a local path: the library only knows recommended layers for hub names). Paper
-preset (SPEC-GAG): SciBERT, layer 8, no idf, no baseline rescale, long texts chunked at 500
+preset (the GAG paper's): SciBERT, layer 8, no idf, no baseline rescale, long texts chunked at 500
 word pieces (`configs/eval/paper_metrics.yaml`; idf and rescaling are not offered). The library itself truncates at the model's maximum length, so texts are encoded
 here in chunks of <= `chunk_tokens` word pieces (each chunk wrapped in the model's special
 tokens), the chunks' token embeddings are concatenated, and the library's own matching

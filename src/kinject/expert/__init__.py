@@ -1,4 +1,4 @@
-"""GAG expert stages (SPEC-GAG Stage I and II).
+"""GAG expert stages (the GAG paper's Stage I and II).
 
 - `dapt.py`: Stage I, domain-adaptive pretraining on the private corpus (packed blocks).
 - `sft.py`: Stage II, QA-SFT with loss on the assistant turn only (TRL `SFTTrainer`).

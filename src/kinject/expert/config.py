@@ -1,6 +1,6 @@
 """Configs of the expert stages: `expert_dapt` (Stage I) and `expert_sft` (Stage II).
 
-Defaults are the paper's values (SPEC-GAG); the tiny presets in `configs/gag/*_tiny.yaml`
+Defaults are the GAG paper's values; the tiny presets in `configs/gag/*_tiny.yaml`
 override what a 2M-parameter model on a CPU needs.
 """
 
@@ -38,9 +38,9 @@ class TrainSection(StrictModel):
 class QaMix(StrictModel):
     """QA examples mixed into DAPT as extra training documents (chat-rendered, full loss).
 
-    DESIGN.md measured that facts learned in pretraining become extractable when QA about
-    other facts of the same kind is seen during pretraining. Off (null) = the paper's strict
-    two-stage order.
+    Measured on tiny models (docs/design.md): facts learned in pretraining become extractable
+    when QA about other facts of the same kind is seen during pretraining. Off (null) = the
+    paper's strict two-stage order.
     """
 
     path: str

@@ -1,6 +1,6 @@
 """Data for the expert stages: corpus packing (Stage I) and chat examples (Stage II, QA mix).
 
-Packing is written here rather than taken from a library because the spec fixes the exact
+Packing is written here rather than taken from a library because the GAG paper fixes the exact
 recipe (join documents with a separator, cut fixed blocks, drop the ragged tail, hold out
 whole documents) and each step is a few lines that a test can check exactly.
 """
@@ -54,7 +54,7 @@ def tokenize_documents(tokenizer, docs: Sequence[str], batch: int = 1024) -> lis
 def pack_blocks(token_docs: Sequence[Sequence[int]], sep_ids: Sequence[int], block_size: int) -> list[list[int]]:
     """Concatenate documents, each followed by the separator, and cut blocks of `block_size`.
 
-    The ragged tail (fewer than `block_size` tokens) is dropped, as in the spec.
+    The ragged tail (fewer than `block_size` tokens) is dropped, as in the GAG paper.
     """
     stream: list[int] = []
     for ids in token_docs:

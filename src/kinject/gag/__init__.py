@@ -1,4 +1,4 @@
-"""GAG injection (SPEC-GAG Stage III and inference): knowledge crosses from the expert to a
+"""GAG injection (the GAG paper's Stage III and inference): knowledge crosses from the expert to a
 frozen base through S latent slots.
 
 modules.py   LayerMixer, GatedResidualProjector, SemanticHead, AttentionSlotPooler

@@ -1,4 +1,4 @@
-"""Stage III ablations (issue #6): the losses (`nll` only vs `nll+sem+div`) and the number of
+"""Stage III ablations: the losses (`nll` only vs `nll+sem+div`) and the number of
 slots (1 vs 4), per private domain, on one set of expert memories.
 
 `kinject gag ablate --config configs/gag/ablations_stage3_tiny.yaml` trains one injector per

@@ -1,6 +1,6 @@
 """The injected base: a frozen causal LM whose `<GAG>` placeholder embeddings are overwritten.
 
-Prompt (SPEC-GAG): the user turn `{instruction}\\n{request}\\nQuestion: {q}\\nKnowledge:
+Prompt (the GAG paper's): the user turn `{instruction}\\n{request}\\nQuestion: {q}\\nKnowledge:
 <GAG>x S\\n` through the base's chat template (`kinject.prompts.gag_messages`), then the
 assistant prefix. The S placeholder embeddings are overwritten in place by the injector's S
 vectors, and the base runs on `inputs_embeds` (training forward, batched generation).

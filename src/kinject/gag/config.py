@@ -1,6 +1,6 @@
-"""`gag_stage3` config: Stage III injector training on a frozen base (SPEC-GAG), optionally
-preceded by an alignment phase on general-domain items (our addition; see DESIGN.md: the
-largest measured lever, so the shipped presets turn it on)."""
+"""`gag_stage3` config: Stage III injector training on a frozen base (the GAG paper), optionally
+preceded by an alignment phase on general-domain items (not in the paper; see docs/design.md:
+the largest measured lever, so the shipped presets turn it on)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Eval methods `gag` and `text_injection` (SPEC-GAG's method and its text baseline).
+"""Eval methods `gag` and `text_injection` (the GAG paper's method and its text baseline).
 
 Both start the same way: the domain's expert writes a background for the question (greedy,
 `background_messages(q, system)`, at most `max_background_tokens`), exactly as the memory

@@ -3,7 +3,7 @@ through the slots: the same injector with zeroed memories (`gag_zero_memory`) an
 memories of a *different* question (`gag_foreign_memory`; how often the answer is the other
 question's value is reported as `foreign_value_rate`).
 
-Rows follow DESIGN.md's results schema: `{method, dataset, split, metric, value, n}`.
+Rows follow the results schema of docs/design.md: `{method, dataset, split, metric, value, n}`.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ class Injector(nn.Module):
             self.projector = GatedResidualProjector(config.expert_hidden, config.base_hidden)
             self.semantic_head = (SemanticHead(config.base_hidden, config.semantic_dim)
                                   if config.semantic_dim else None)
-        self.float()  # fp32 always (SPEC-GAG)
+        self.float()  # fp32 always (as in the GAG paper)
 
     @property
     def needs_trajectories(self) -> bool:

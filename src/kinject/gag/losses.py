@@ -1,4 +1,4 @@
-"""Stage III losses (SPEC-GAG): `L = L_nll + w_sem * L_sem + w_div * L_div`."""
+"""Stage III losses (the GAG paper's): `L = L_nll + w_sem * L_sem + w_div * L_div`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The injector's building blocks, each small and readable (SPEC-GAG Stage III).
+"""The injector's building blocks, each small and readable (the GAG paper's Stage III).
 
 Shapes: B batch, L layers, S slots, T tokens, d_e expert hidden, d_b base hidden.
 """

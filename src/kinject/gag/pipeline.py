@@ -1,4 +1,4 @@
-"""GAG inference with online memories (SPEC-GAG "Inference" and the specialist route of the
+"""GAG inference with online memories (the GAG paper's inference and the specialist route of the
 mixed-domain flow): the expert writes a background for each question, its states become slots
 exactly as in `kinject memory build`, the injector projects them and the frozen base answers.
 A repeated question reuses its memory (`MemoryCache`, `cache_size`; `kinject bench levers`

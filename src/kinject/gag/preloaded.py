@@ -52,7 +52,7 @@ class PreloadedGagPipeline(GagPipeline):
         self.expert_fingerprint = model_fingerprint(expert_model)
         self.base = base
         self.system, self.max_background_tokens, self.batch_size = system, max_background_tokens, batch_size
-        # the per-question memory cache GagPipeline gains on the bench branch (absent before it)
+        # the per-question memory cache of GagPipeline (`MemoryCache`), when the pipeline module has one
         cache = getattr(_pipeline, "MemoryCache", None)
         if cache is not None:
             self.cache = cache(cache_size)

@@ -1,4 +1,4 @@
-"""Stage III: train the injector through a frozen base (SPEC-GAG), with accelerate.
+"""Stage III: train the injector through a frozen base (the GAG paper), with accelerate.
 
 Phases run in order: `alignment` (general-domain items, optional) then `domain`. Each phase
 has its own AdamW (weight decay from the config) and linear warmup/decay schedule; the same

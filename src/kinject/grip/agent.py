@@ -1,4 +1,4 @@
-"""The GRIP agent: the multi-round loop of SPEC-GRIP, batched across questions.
+"""The GRIP agent: the multi-round loop of the GRIP paper, batched across questions.
 
 Round r renders one user message per active question (`format.round_messages`), generates one
 turn for all of them in a single batched call, then either finishes a question (final turn) or
@@ -73,7 +73,7 @@ class AgentSettings:
     batch_size: int = 32
     control_tokens: str = "special"  # "text": a model trained with plain-text markers (see from_model)
     # "question": a first-round plan searches the original question, which is what pattern B's
-    # target query is by construction (SPEC-GRIP); for small models that garble the copy (the tiny
+    # target query is by construction (the GRIP paper); for small models that garble the copy (the tiny
     # world's GRIP wrote "In which year was the city where Toum born?"). "model": its own query.
     first_query: str = "model"
 
@@ -156,7 +156,7 @@ class GripAgent:
                 planned.append((ep, step, clean_query(query) or clean_query(ep.question)))
             else:
                 step.answer = turn.answer
-                # an empty forced answer falls back to the last intermediary (SPEC-GRIP)
+                # an empty forced answer falls back to the last intermediary (the GRIP paper)
                 ep.answer, ep.done = turn.answer or ep.intermediary, True
         if planned:
             results = self.search([q for _, _, q in planned])

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-grip_app = typer.Typer(help="GRIP: self-triggered retrieval as generation (SPEC-GRIP).", no_args_is_help=True)
+grip_app = typer.Typer(help="GRIP: self-triggered retrieval as generation (the GRIP paper).", no_args_is_help=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides", show_default=False)]
@@ -104,5 +104,5 @@ def bench_cmd(config: ConfigOpt,
 def register(app: typer.Typer) -> None:
     from kinject.grip import rl_cli
 
-    rl_cli.register(grip_app)  # `kinject grip rl` (issue 10) lives in rl_cli.py
+    rl_cli.register(grip_app)  # `kinject grip rl` lives in rl_cli.py
     app.add_typer(grip_app, name="grip")

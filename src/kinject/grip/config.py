@@ -1,6 +1,6 @@
 """Configs of the GRIP stages (kinds `grip_synth`, `grip_sft`, `grip_eval`).
 
-RL (`grip_rl*`) lives in its own module of this package (another issue).
+RL (`grip_rl`) lives in its own module of this package (`kinject.grip.rl_config`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class RewriterConfig(StrictModel):
 
 
 class AgentConfig(StrictModel):
-    """The agent loop of SPEC-GRIP (release: 4 rounds, top-3, 128 new tokens per turn)."""
+    """The agent loop of the GRIP paper (release: 4 rounds, top-3, 128 new tokens per turn)."""
 
     max_rounds: int = Field(4, ge=1)
     top_k: int = Field(3, ge=1)

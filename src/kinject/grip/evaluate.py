@@ -5,7 +5,7 @@ registry has it, avg_retrievals; datasets `<dataset>` and its world subsets `_po
 `_longtail`, `_2hop`), `predictions.jsonl` with every step (turns, queries, retrieved ids) and a
 manifest. With `base_model` set, the closed-book base (method `base`) and RAG k (method
 `rag_k{k}`, `kinject.retrieval.rag`) answer the same questions and are scored on the same
-subsets, so one run gives the comparison of SPEC-GRIP.
+subsets, so one run gives the GRIP paper's comparison.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def score_rows(method: str, qas: Sequence[QA], predictions: Sequence[str], datas
 
 
 def run_baselines(cfg, qas: Sequence[QA], retriever) -> tuple[list[dict], list[dict]]:
-    """Closed-book base and RAG k on the same questions (the comparison of SPEC-GRIP)."""
+    """Closed-book base and RAG k on the same questions (the GRIP paper's comparison)."""
     from kinject.generation import generate_texts
     from kinject.models import load_causal_lm
     from kinject.prompts import general_messages, render

@@ -80,7 +80,7 @@ def format_references(passages: Sequence[str]) -> str:
 
 
 def round_content(query: str, intermediary: str = "", references: Sequence[str] = ()) -> str:
-    """The user message of one round: the three slots of SPEC-GRIP in the base's own QA prompts.
+    """The user message of one round: the three slots of the GRIP paper in the base's own QA prompts.
 
     The `Original Query` slot is written `Question:` and a round with empty slots is exactly the
     closed-book prompt (`prompts.general_messages`); filled slots follow the RAG prompt's request

@@ -1,5 +1,5 @@
 """C-class rewriters: given a question the model got wrong and its retrieved passages, write a
-corrected fact and a NEW search query (SPEC-GRIP, pattern C). A rewriter is a callable
+corrected fact and a NEW search query (the GRIP paper's pattern C). A rewriter is a callable
 `(items) -> [(fact, query) | None]`; None means it could not write one (the row is skipped and
 counted). Registry by name: `world` (programmatic) and `openai` (any OpenAI-compatible server).
 """

@@ -1,6 +1,6 @@
 """Config of `kinject grip rl` (kind `grip_rl`): DAPO on TRL's GRPOTrainer with retrieval in the loop.
 
-Defaults mirror SPEC-GRIP's RL section (DAPO: clip 0.2 / 0.28, no KL, token-mean loss, dynamic
+Defaults mirror the GRIP paper's RL setting (DAPO: clip 0.2 / 0.28, no KL, token-mean loss, dynamic
 sampling, 8 samples per prompt, overlong shaping, lr 1e-7); `configs/grip/rl_tiny.yaml` shrinks
 them for the CPU, `configs/grip/rl_paper.yaml` keeps them.
 """
@@ -29,7 +29,7 @@ class RLRetrieval(StrictModel):
 class RLRollout(StrictModel):
     group_size: int = 8  # samples per prompt (DAPO needs >= 2)
     prompts_per_step: int = 4  # groups that reach the loss per optimizer step
-    max_rounds: int = 4  # SPEC-GRIP budget: 4 rounds, at most 3 retrievals
+    max_rounds: int = 4  # the GRIP paper's budget: 4 rounds, at most 3 retrievals
     max_new_tokens: int = 128  # per turn
     first_query: Literal["model", "question"] = "model"  # as the agent's (kinject.grip.agent.AgentSettings)
     temperature: float = 1.0

@@ -1,4 +1,4 @@
-"""Pattern A-D training turns for GRIP (SPEC-GRIP "Training data"), from `{question, answer}`.
+"""Pattern A-D training turns for GRIP (the GRIP paper's training data), from `{question, answer}`.
 
 A closed-book pass of the reference model (the base, greedy, `prompts.general_messages`)
 classifies every question by its prediction (SQuAD normalization, `kinject.eval.metrics`):
@@ -87,7 +87,7 @@ def contains_gold(passages: Sequence[str], golds: Sequence[str]) -> bool:
 
 
 def classify(prediction: str, golds: Sequence[str]) -> str:
-    """A if EM, B if the gold is contained (cover-EM) but not EM, else C (SPEC-GRIP)."""
+    """A if EM, B if the gold is contained (cover-EM) but not EM, else C (the GRIP paper)."""
     if exact_match(prediction, golds):
         return "A"
     if cover_em(prediction, golds):

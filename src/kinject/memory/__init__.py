@@ -1,4 +1,4 @@
-"""GAG memory construction (SPEC-GAG "Memory construction").
+"""GAG memory construction, as in the GAG paper.
 
 background.py  expert background generation + multi-layer hidden states per generated token
 layers.py      layer keys (`last`, `minusK`) -> `hidden_states` indices

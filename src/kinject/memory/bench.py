@@ -25,7 +25,7 @@ TINY_PRESET = Path(__file__).resolve().parents[3] / "configs/gag/materials_memor
 
 
 def bench_layers(expert: str) -> list[str]:
-    """The spec's 4 layers, or for an expert too shallow for them (the shipped tiny expert has 3
+    """The GAG paper's 4 layers, or for an expert too shallow for them (the shipped tiny expert has 3
     decoder layers) the tiny memory preset's layers: the ones the demo stores."""
     from kinject.config import load_config
     from kinject.models import check_model_dir

@@ -1,4 +1,4 @@
-"""Layer keys name depths of a causal LM's `hidden_states` tuple (SPEC-GAG memory step 2).
+"""Layer keys name depths of a causal LM's `hidden_states` tuple (the GAG paper's multi-layer states).
 
 `last` is `hidden_states[-1]`: the final decoder output *after* the final norm (transformers
 puts the normed output last). `minusK` is `hidden_states[-K]`: the output of decoder layer

@@ -1,4 +1,4 @@
-"""PPR: prototype-based plug-and-play routing (SPEC-GAG.md, "PPR").
+"""PPR: prototype-based plug-and-play routing (the GAG paper's PPR; see docs/design.md).
 
 - `encoders`: the `Encoder` protocol and its backends (`hf-mean`, `sentence-transformers`).
 - `banks`: per-domain prototype banks (k-means centroids) and the banks directory.

@@ -1,6 +1,6 @@
 """`kinject ppr ...` (build, add, remove, route, eval) and `kinject bench ppr`.
 
-The command forms are fixed by issue 7 (scripts use them). Heavy imports stay inside commands.
+The command forms are stable (scripts use them). Heavy imports stay inside commands.
 """
 
 from __future__ import annotations

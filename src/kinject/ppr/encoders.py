@@ -220,7 +220,7 @@ class SentenceTransformerEncoder:
 
 class HFMeanEncoder:
     """Masked mean of the last hidden layer of any local HF model, L2-normalized (the paper's
-    router encoder). Written by hand because the spec fixes every detail (raw text, no
+    router encoder). Written by hand because the paper fixes every detail (raw text, no
     template, right padding so causal models see the same positions padded or not), and it
     is one short loop."""
 

@@ -4,7 +4,8 @@ alignment items for GAG's injector pretraining.
 Every example invents a new entity (a fresh name from the same generator as the world's
 entities, never using a world name word) with new random values from the same attribute
 generators, so the only way to answer is to read the passage: it cannot be memorized
-(DESIGN.md: without fresh facts the tiny base memorizes instead of learning to read).
+(measured: without fresh facts the tiny base memorizes instead of learning to read; see
+docs/design.md).
 Passages are the domains' own statement paraphrases plus 1-4 distractor sentences; questions
 use only the *training* wordings (held-out wordings never reach any training text).
 """

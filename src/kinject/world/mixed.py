@@ -97,8 +97,8 @@ def mixed_files(domains: list[DomainSpec], files: dict[str, list[dict]], wiki: d
                 rng: random.Random, offline_rng: random.Random) -> dict[str, list[dict]]:
     """The `mixed_domain/` files, from the already generated QA files (see the module doc).
 
-    `rng` shuffles the spec-wording pools and samples the online set exactly as before offline
-    wordings existed (so they leave the online file unchanged); `offline_rng` mixes the offline
+    `rng` shuffles the spec-wording pools and samples the online set exactly as it would without
+    offline wordings (so they leave the online file unchanged); `offline_rng` mixes the offline
     wordings in."""
     types = {r["name"]: r["type"] for r in files["entities.jsonl"]}
     pub = next(d for d in domains if not d.private)

@@ -1,4 +1,4 @@
-"""Quality bars of the foundation models (issue 3), measured with the shared prompts, decoder
+"""Quality bars of the foundation models, measured with the shared prompts, decoder
 and metrics. Writes `results.jsonl` (one row per number) and `bars.json`.
 
 Bars (base): closed-book popular public facts, seen wordings, EM >= 0.8; reading

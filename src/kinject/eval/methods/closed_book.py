@@ -1,4 +1,4 @@
-"""`base`: the frozen base LM answering closed-book (the `general` route; SPEC-GAG's "base only")."""
+"""`base`: the frozen base LM answering closed-book (the `general` route; the GAG paper's "base only")."""
 
 from __future__ import annotations
 
