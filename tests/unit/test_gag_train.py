@@ -96,6 +96,24 @@ def test_resume_equals_uninterrupted(tmp_path, base_dir):
     assert [h["step"] for h in hist] == list(range(1, 9))
 
 
+def test_resume_across_the_phase_boundary_equals_uninterrupted(tmp_path, base_dir):
+    """Stopped in the alignment phase, resumed past it: the domain phase starts with a fresh
+    optimizer (not the checkpoint's, long since rotated away) and ends where an uninterrupted run does."""
+    runs = {}
+    for name, stop in (("a", None), ("b", 3)):
+        root = tmp_path / name
+        root.mkdir()
+        adata, amem = make_data(root, "gen", n=8, seed=5)
+        cfg = config(root, base_dir, w_sem=0.0, checkpoint_every=1, keep_checkpoints=1,
+                     alignment={"data": str(adata), "memory": str(amem), "steps": 5, "lr": 5e-3, "batch_size": 4})
+        if stop:
+            assert Stage3Trainer(cfg).train(stop_after=stop, progress=False) == {"stopped_at": stop}
+        m = Stage3Trainer(cfg).train(progress=False)
+        assert m["global_steps"] == 13
+        runs[name] = Injector.load(root / "out" / "injector").state_dict()
+    assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])
+
+
 def test_alignment_then_domain_phases(tmp_path, base_dir):
     adata, amem = make_data(tmp_path, "gen", n=8, seed=5)
     cfg = config(tmp_path, base_dir, w_sem=0.0,

@@ -225,6 +225,7 @@ class Stage3Trainer:
         if ckpt and (self.out / "history.jsonl").is_file():
             history = [h for h in read_jsonl(self.out / "history.jsonl", allow_empty=True)
                        if h["step"] <= state["global_step"]]
+        resume_phase = state["phase"] if ckpt else None  # `state` moves on as phases finish
         if ckpt:
             self.say(f"resuming from {ckpt} (phase {state['phase']}, step {state['phase_step']})")
         params = [p for p in self.injector.parameters() if p.requires_grad]
@@ -237,7 +238,7 @@ class Stage3Trainer:
             total = phase.cfg.steps
             sched = get_linear_schedule_with_warmup(opt, int(phase.cfg.warmup_ratio * total), max(total, 1))
             start = 0
-            if ckpt and pi == state["phase"]:
+            if ckpt and pi == resume_phase:  # the checkpoint's phase only, not every later one
                 from safetensors.torch import load_file
 
                 _optimizer_from_tensors(opt, load_file(str(ckpt / "optimizer.safetensors")), state["param_groups"])
