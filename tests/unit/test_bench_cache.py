@@ -35,7 +35,9 @@ def test_cache_same_answers_and_hits(setup):
     mixed = [qs[0], setup.rows[7]["question"], qs[0], qs[3]]
     _, got = cached.memories(mixed)
     _, want = plain.memories(mixed)
-    torch.testing.assert_close(got["slots"], want["slots"])
+    assert got.keys() == want.keys() and got  # slots, or trajectories for an attention-pooling injector
+    for k in got:
+        torch.testing.assert_close(got[k], want[k])
     assert cached.cache.stats()["entries"] == 6
 
 
