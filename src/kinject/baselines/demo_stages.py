@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kinject.demo import DemoContext, stage
+from kinject.resources import shipped
 
-REPO = Path(__file__).resolve().parents[3]
 DOMAINS = ("materials", "adjuvant")
 QUICK = ["train.max_steps=60", "train.eval_steps=30"]
 
@@ -34,7 +34,7 @@ def baselines_stage(ctx: DemoContext, out: Path) -> None:
     base = Path(foundation) / "base"
     adapters = {}
     for domain in DOMAINS:
-        cfg = load_config(REPO / f"configs/baselines/{domain}_lora_tiny.yaml", [
+        cfg = load_config(shipped(f"configs/baselines/{domain}_lora_tiny.yaml"), [
             f"base={base}", f"data={Path(world) / f'{domain}_domain' / 'qa_train.jsonl'}", f"out={out / domain}",
             *(QUICK if ctx.quick else [])], expect=LoraBaselineConfig)
         adapters[domain] = run_lora(cfg)

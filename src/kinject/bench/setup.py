@@ -9,13 +9,13 @@ from pathlib import Path
 
 from kinject.bench.config import Artifacts
 from kinject.errors import UserError
+from kinject.resources import shipped
 
 RANDOM_SYSTEM = "You are an expert in catalytic materials."
-REPO = Path(__file__).resolve().parents[3]
 # the shipped tiny GAG presets: the random setup's injector and memories take their settings, so a
 # suite timed without the demo's artifacts still runs the GAG that ships (pooling, heads, mix)
-STAGE3_PRESET = REPO / "configs/gag/materials_stage3_tiny.yaml"
-MEMORY_PRESET = REPO / "configs/gag/materials_memory_tiny.yaml"
+STAGE3_PRESET = shipped("configs/gag/materials_stage3_tiny.yaml")
+MEMORY_PRESET = shipped("configs/gag/materials_memory_tiny.yaml")
 
 
 def shipped_gag_preset():

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from kinject.demo import DemoContext, stage
 from kinject.errors import UserError
+from kinject.resources import shipped
 
-REPO = Path(__file__).resolve().parents[3]
-TINY_CONFIG = REPO / "configs/eval/tiny.yaml"
+TINY_CONFIG = shipped("configs/eval/tiny.yaml")
 PRIVATE = ("materials", "adjuvant")
 OPEN = ("general", "wiki_1hop", "wiki_2hop")
 MIXED = ("mixed",)
@@ -47,7 +47,7 @@ def _grip_agent_settings() -> dict:
     the agent the grip stage measured (top_k 1, first_query question on the tiny base)."""
     import yaml
 
-    agent = yaml.safe_load((REPO / "configs/grip/eval_tiny.yaml").read_text()).get("agent", {})
+    agent = yaml.safe_load((shipped("configs/grip/eval_tiny.yaml")).read_text()).get("agent", {})
     return {k: agent[k] for k in ("max_rounds", "top_k", "max_new_tokens", "first_query") if k in agent}
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kinject.demo import DemoContext, stage
+from kinject.resources import shipped
 
-REPO = Path(__file__).resolve().parents[3]
 DOMAINS = ("materials", "adjuvant")
 # QUICK: a smoke-sized run of the same recipe (target <= 90 s on a quiet CPU; full <= 330 s)
 QUICK = {"dapt": ["train.max_steps=900", "train.eval_steps=450"], "sft": ["train.max_steps=15", "train.eval_steps=15"]}
@@ -30,13 +30,13 @@ def train_domain_expert(domain: str, world: Path, init: Path, out: Path, dapt_ov
     from kinject.expert.sft import run_sft
 
     ddir = world / f"{domain}_domain"
-    dapt = load_config(REPO / f"configs/gag/{domain}_dapt_tiny.yaml", [
+    dapt = load_config(shipped(f"configs/gag/{domain}_dapt_tiny.yaml"), [
         f"model={init}", f"corpus={ddir / 'knowledge_base.jsonl'}", f"out={out / f'{domain}_dapt'}",
         f"qa_mix.path={ddir / 'qa_train.jsonl'}", f"probe.path={ddir / 'qa_dev.jsonl'}", "probe.limit=60",
         *dapt_overrides,
     ], expect=DaptConfig)
     run_dapt(dapt)
-    sft = load_config(REPO / f"configs/gag/{domain}_sft_tiny.yaml", [
+    sft = load_config(shipped(f"configs/gag/{domain}_sft_tiny.yaml"), [
         f"model={dapt.out}", f"data={ddir / 'qa_train.jsonl'}", f"out={out / f'{domain}_sft'}",
         *sft_overrides,
     ], expect=SftConfig)

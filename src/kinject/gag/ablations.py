@@ -20,8 +20,7 @@ from pathlib import Path
 from pydantic import Field
 
 from kinject.config import StageConfig, StrictModel, register_config
-
-REPO = Path(__file__).resolve().parents[3]
+from kinject.resources import shipped
 
 
 class Variant(StrictModel):
@@ -79,7 +78,7 @@ def run_variant(cfg: GagAblationConfig, domain: str, name: str, variant: Variant
     world, base = Path(cfg.world), Path(cfg.base)
     mem, amem = memory_dirs(cfg, domain, variant.slots)
     ddir = world / f"{domain}_domain"
-    s3 = load_config(REPO / f"configs/gag/{domain}_stage3_tiny.yaml", [
+    s3 = load_config(shipped(f"configs/gag/{domain}_stage3_tiny.yaml"), [
         f"base={base}", f"out={Path(cfg.out) / domain / name}", f"seed={cfg.seed}",
         f"alignment.data={world / 'general' / 'align.jsonl'}", f"alignment.memory={amem}",
         f"domain.data={ddir / 'qa_train.jsonl'}", f"domain.memory={mem}",

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kinject.demo import DemoContext, stage
+from kinject.resources import shipped
 
-REPO = Path(__file__).resolve().parents[3]
 DOMAINS = ("materials", "adjuvant")
 QUICK = ["alignment.steps=250", "alignment.limit=4000", "domain.steps=60"]  # memory QUICK builds 500 dev + 4000 align items
 SPLITS = {"dev": "{d}", "dev_para": "{d}_para"}  # world split -> results dataset name
@@ -82,7 +82,7 @@ def train_domain_injector(domain: str, world: Path, base: Path, mem: Path, amem:
     from kinject.runs import inputs_hash
 
     ddir = world / f"{domain}_domain"
-    cfg = load_config(REPO / f"configs/gag/{domain}_stage3_tiny.yaml", [
+    cfg = load_config(shipped(f"configs/gag/{domain}_stage3_tiny.yaml"), [
         f"base={base}", f"out={out / domain}",
         f"alignment.data={world / 'general' / 'align.jsonl'}", f"alignment.memory={amem}",
         f"domain.data={ddir / 'qa_train.jsonl'}", f"domain.memory={mem}", *overrides,

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from kinject.demo import DemoContext, stage
+from kinject.resources import shipped
 
-REPO = Path(__file__).resolve().parents[3]
-CONFIGS = REPO / "configs/grip"
+CONFIGS = shipped("configs/grip")
 
 
 def _value(rows: list[dict], method: str, dataset: str, metric: str) -> float | None:
@@ -26,7 +26,7 @@ def grip_stage(ctx: DemoContext, out: Path) -> None:
     from kinject.grip.synth import synthesize
 
     world = Path(ctx.artifacts.get("world", out / "missing-world"))
-    base = Path(ctx.artifacts.get("foundation", REPO / "assets/foundation/tiny")) / "base"
+    base = Path(ctx.artifacts.get("foundation", shipped("assets/foundation/tiny"))) / "base"
     if not (base / "config.json").is_file() or not (world / "wiki").is_dir():
         ctx.summary["grip"] = f"skipped: needs the world stage and a foundation base at {base}"
         return

@@ -18,10 +18,11 @@ import torch
 
 from kinject.io import write_json_atomic, write_jsonl_atomic
 from kinject.memory.config import MemoryBuildConfig
+from kinject.resources import shipped
 
 RELEASE_LAYERS, RELEASE_BYTES = 5, 4  # the public release: 5 layers of float32 per token
 SPEC_LAYERS = ["last", "minus2", "minus4", "minus6"]
-TINY_PRESET = Path(__file__).resolve().parents[3] / "configs/gag/materials_memory_tiny.yaml"
+TINY_PRESET = shipped("configs/gag/materials_memory_tiny.yaml")
 
 
 def bench_layers(expert: str) -> list[str]:

@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 
 from kinject.demo import DemoContext, stage
+from kinject.resources import shipped
 
-REPO = Path(__file__).resolve().parents[3]
 DOMAINS = ("materials", "adjuvant")
 # align_dev comes first so the QUICK limit keeps all of it (the gag stage scores fresh-fact transfer on it)
 QUICK = {"domain": ["max_new_tokens=48"], "align": ["limit=4500"]}
@@ -60,13 +60,13 @@ def build_domain_stores(domain: str, world: Path, expert: Path, out: Path, domai
     ddir = world / f"{domain}_domain"
     qfiles = [ddir / f"qa_{s}.jsonl" for s in ("train", "dev", "dev_para")]
     store, stats = build_store(
-        REPO / f"configs/gag/{domain}_memory_tiny.yaml",
+        shipped(f"configs/gag/{domain}_memory_tiny.yaml"),
         [f"expert={expert}", f"out={out / domain}", f"questions=[{', '.join(map(str, qfiles))}]",
          *domain_overrides],
         [*weights, *qfiles])
     align = [f for f in (world / "general" / "align_dev.jsonl", world / "general" / "align.jsonl") if f.is_file()]
     align_store, _ = build_store(
-        REPO / f"configs/gag/{domain}_align_memory_tiny.yaml",
+        shipped(f"configs/gag/{domain}_align_memory_tiny.yaml"),
         [f"expert={expert}", f"out={out / f'{domain}_align'}", f"questions=[{', '.join(map(str, align))}]",
          *align_overrides],
         [*weights, *align])

@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from kinject.demo import DemoContext, stage
+from kinject.resources import shipped
 
-TINY_PPR = Path(__file__).resolve().parents[3] / "configs/ppr/tiny.yaml"  # exemplar banks, see the file
+TINY_PPR = shipped("configs/ppr/tiny.yaml")  # exemplar banks, see the file
 
 
 @stage("ppr", order=40, help="PPR routing: prototype banks, online accuracy, plug-and-play, throughput", lane="side")

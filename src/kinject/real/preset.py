@@ -34,12 +34,12 @@ from kinject.demo import (
     run_demo,
     run_parallel,
 )
+from kinject.resources import shipped
 
-REPO = Path(__file__).resolve().parents[3]
 MODEL = "smollm2-135m-instruct"
 DOMAINS = ("materials", "adjuvant")
 TINY_PREREQUISITES = ["foundation", "world", "retrieval", "ppr", "expert", "memory"]
-NQ = REPO / "data/realqa/nq_oracle"
+NQ = shipped("data/realqa/nq_oracle")
 CHUNK_WORDS, CHUNK_OVERLAP = 32, 8
 DEV_LIMIT = 120  # questions per private dev set (the harness's and the controls')
 MIXED_PER_SOURCE = 40  # the mixed set: this many materials, adjuvant and NQ questions
@@ -111,7 +111,7 @@ def stage3_config(domain: str, world: Path, base: Path, mem: Path, amem: Path, o
     from kinject.runs import inputs_hash
 
     ddir = world / f"{domain}_domain"
-    cfg = load_config(REPO / f"configs/real/{domain}_stage3_smollm2.yaml", [
+    cfg = load_config(shipped(f"configs/real/{domain}_stage3_smollm2.yaml"), [
         f"base={base}", f"out={out / domain}",
         f"alignment.data={world / 'general' / 'align.jsonl'}", f"alignment.memory={amem}",
         f"domain.data={ddir / 'qa_train.jsonl'}", f"domain.memory={mem}", *overrides,
@@ -208,7 +208,7 @@ def eval_stage(ctx: DemoContext, out: Path) -> None:
     from kinject.eval.config import DatasetEntry, EvalConfig, MethodEntry
     from kinject.eval.harness import run_eval
 
-    config = REPO / "configs/real/eval_smollm2.yaml"
+    config = shipped("configs/real/eval_smollm2.yaml")
     world = Path(ctx.artifacts["world"])
     cfg = load_config(config, [f"limit={QUICK['limit'] if ctx.quick else DEV_LIMIT}"], expect=EvalConfig)
     for d in cfg.datasets:  # the private sets come from this run's tiny world

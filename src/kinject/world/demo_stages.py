@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from kinject.demo import DemoContext, stage
+from kinject.resources import shipped
 
-REPO = Path(__file__).resolve().parents[3]
-TINY_CONFIG = REPO / "configs/world/tiny.yaml"
-FOUNDATION = REPO / "assets/foundation/tiny"
+TINY_CONFIG = shipped("configs/world/tiny.yaml")
+FOUNDATION = shipped("assets/foundation/tiny")
 
 
 @stage("world", order=10, help="synthetic private-knowledge world (tiny) + shipped foundation models")
