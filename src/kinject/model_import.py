@@ -154,8 +154,9 @@ def import_gguf(source: str, out: str | Path, dtype: str = "float32", force: boo
     folder, name = str(src.path.parent), src.path.name
     say(f"reading {src.path} ({header['architecture']}, {header['quantization']}) ...")
     try:
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        packed = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        packed = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                      local_files_only=True).eval()
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise UserError(f"cannot load GGUF file {src.path}: {str(e).splitlines()[0]}") from None
     config = packed.config

@@ -1,7 +1,8 @@
 """Causal LMs and tokenizers from LOCAL directories, and a tiny-model factory.
 
-Nothing is downloaded: `HF_HUB_OFFLINE=1` is set on import of kinject, and a path that does
-not exist is a one-line `UserError` naming it (a hub id like `Qwen/Qwen3-8B` included).
+Nothing is downloaded: every loader passes `local_files_only=True` (the `kinject` command also
+sets `HF_HUB_OFFLINE=1`; importing kinject as a library leaves the environment alone), and a path
+that does not exist is a one-line `UserError` naming it (a hub id like `Qwen/Qwen3-8B` included).
 """
 
 from __future__ import annotations

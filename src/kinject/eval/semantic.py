@@ -58,12 +58,13 @@ def _bert_model(path: str, num_layers: int | None, device: str):
     from bert_score.utils import get_model
     from transformers import AutoConfig, AutoTokenizer
 
-    n_layers = AutoConfig.from_pretrained(path).num_hidden_layers
+    n_layers = AutoConfig.from_pretrained(path, local_files_only=True).num_hidden_layers
     layers = n_layers if num_layers is None else num_layers
     if not 0 < layers <= n_layers:
         raise UserError(f"bertscore num_layers={layers} is out of range for {path} (1..{n_layers})")
-    model = get_model(path, layers).to(device)
-    return model, AutoTokenizer.from_pretrained(path), layers
+    # an absolute path: bert-score fetches a model whose name starts with "scibert" from the web
+    model = get_model(str(Path(path).resolve()), layers).to(device)
+    return model, AutoTokenizer.from_pretrained(path, local_files_only=True), layers
 
 
 def _chunk_ids(tokenizer, text: str, chunk_tokens: int) -> list[list[int]]:
@@ -141,7 +142,7 @@ def bertscore_f1(predictions: Sequence[str], golds: Sequence[Sequence[str]], opt
 def _sentence_model(path: str, device: str):
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(path, device=device)
+    return SentenceTransformer(path, device=device, local_files_only=True)
 
 
 def sts(predictions: Sequence[str], golds: Sequence[Sequence[str]], options: dict | None = None) -> list[float]:

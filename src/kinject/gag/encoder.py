@@ -26,7 +26,7 @@ class SemanticEncoder:
         self.path = path or default_encoder_path()
         if not Path(self.path).is_dir():
             raise UserError(f"semantic encoder not found: {self.path} (give a local sentence-encoder directory)")
-        self.model = SentenceTransformer(self.path, device=device)
+        self.model = SentenceTransformer(self.path, device=device, local_files_only=True)
         self.model.eval()
 
     @property

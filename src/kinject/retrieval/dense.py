@@ -42,7 +42,7 @@ def _load_encoder(path: str, device: str):
     """One encoder per (model, device) per process: reopening an index does not reload it."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(path, device=device)
+    return SentenceTransformer(path, device=device, local_files_only=True)
 
 
 def passage_text(title: str, text: str) -> str:
