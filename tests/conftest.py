@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from kinject.cli import offline_environment
+
+offline_environment()  # the tests run offline, like the `kinject` command
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]

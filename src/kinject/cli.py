@@ -4,12 +4,17 @@ Thin by design: commands parse arguments and call library functions. Groups live
 code they drive: any `kinject.<pkg>.cli` module with a `register(app)` function is discovered,
 so a new component adds its commands without editing this file. User errors (`UserError`)
 print one `error: ...` line and exit 2.
+
+The command runs offline: `main` sets the Hugging Face offline variables before any model
+library is imported (`offline_environment`). Importing `kinject` as a library sets nothing; its
+loaders pass `local_files_only=True` themselves.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import pkgutil
 import sys
 from pathlib import Path
@@ -130,7 +135,24 @@ for _name in ("kinject.demo",):
 discover_groups(app)
 
 
+# Weights and datasets load from local paths only: a hub name must fail fast, never download.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def offline_environment() -> None:
+    """Set the offline variables in this process (and so in every worker it starts), keeping any
+    value the user set. Must run before `huggingface_hub` is imported, which reads them once."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def main() -> None:
+    offline_environment()
     try:
         app()
     except UserError as e:
