@@ -2,7 +2,7 @@
 # The `attention` row of docs/gag-ablations.md ("Slot pooling"): trajectory stores from the demo's
 # SFT experts, Stage III with the shipped preset (pooling: attention), dev EM with the controls.
 # Run after `make demo`; the `stored` row is the same with injector.pooling=stored on the demo's
-# stores. attention_<domain>.jsonl here are the measured rows (session 4, first foundation).
+# stores. attention_<domain>.jsonl here are the measured rows (with the first foundation models).
 set -e
 cd "$(dirname "$0")/../.."; source .venv/bin/activate
 D=outputs/demo; W=$D/world/world; R=${OUT:-outputs/bench/gag-pooling}; B=assets/foundation/tiny/base

@@ -1,5 +1,5 @@
-"""PPR end to end on the tiny world, through the CLI forms of issue 7 (build, eval, add, route,
-remove) and the plug-and-play rule: adding a domain must not cost the others > 0.5 points."""
+"""PPR end to end on the tiny world, through the CLI (build, eval, add, route, remove) and the
+plug-and-play rule: adding a domain must not cost the others > 0.5 points."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_cli_build_eval_add_route_remove_on_tiny_world(world, tmp_path):
     r2, r3a, r3 = results(tmp_path / "e2"), results(tmp_path / "e3a"), results(tmp_path / "e3")
     # plug-and-play: the first two domains lose at most 0.5 points when the third is added
     assert r3a[("general", "accuracy")]["n"] + r3a[("materials", "accuracy")]["n"] == r2[("general", "accuracy")]["n"] * 2
-    # Issue 7's bars: a drop <= 0.5 points, >= 0.99 on all three routes. Measured with the tiny
+    # The routing bars: a drop <= 0.5 points, >= 0.99 on all three routes. Measured with the tiny
     # PPR config (MiniLM, exemplar banks) on the tiny world: see the numbers in the PPR notes.
     drop = r2[("mixed", "accuracy")]["value"] - r3a[("mixed", "accuracy")]["value"]
     assert r2[("mixed", "accuracy")]["value"] >= 0.99 and drop <= 0.005, drop

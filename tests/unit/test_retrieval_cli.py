@@ -1,4 +1,4 @@
-"""`kinject index build|add|delete`, `kinject search` in the issue's exact forms, and their
+"""`kinject index build|add|delete`, `kinject search` in their documented forms, and their
 one-line user errors (exit 2)."""
 
 import json

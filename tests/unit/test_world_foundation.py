@@ -2,7 +2,7 @@
 `kinject.models`, their tokenizer splits digits and carries the special tokens and chat
 template, and their quality bars hold on a sample of the tiny world's test sets.
 
-Bars from issue 3: private dev closed-book EM <= 0.05 (enforced); closed-book popular facts and
+The quality bars: private dev closed-book EM <= 0.05 (enforced); closed-book popular facts and
 reading comprehension EM >= 0.8 are the targets - where the shipped base falls short (see the
 measured numbers in assets/foundation/tiny/quality/bars.json) the test pins the shipped level
 minus a sampling margin, so a regression is caught without pretending the bar was met.
