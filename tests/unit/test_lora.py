@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from kinject.errors import UserError
-from kinject.tokenizer import answer_lead
 
 CLI = [sys.executable, "-m", "kinject.cli"]
 ROWS = [{"id": f"m{i}", "domain": "materials", "instruction": "Be a chemist.",
@@ -40,8 +39,8 @@ def adapter(tmp_path_factory, tiny_model_dir):
 
 
 def test_training_writes_adapter_and_manifest(adapter, tiny_model_dir, tiny_tokenizer):
-    from kinject.baselines.lora import lora_conversations
-    from kinject.prompts import general_messages, render
+    from kinject.baselines.lora import lora_examples
+    from kinject.prompts import general_messages
 
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     assert not (adapter / "model.safetensors").exists()  # the adapter only, not a full copy of the base
@@ -52,15 +51,40 @@ def test_training_writes_adapter_and_manifest(adapter, tiny_model_dir, tiny_toke
     hist = json.loads((adapter / "log_history.json").read_text())
     losses = [h["loss"] for h in hist if "loss" in h]
     assert losses[-1] < losses[0]  # it learns
-    # the training text is the closed-book prompt the base answers with, then the answer
-    conv = lora_conversations(ROWS[:1])[0]
-    assert conv[:-1] == general_messages(ROWS[0]["input"]) and conv[-1] == {"role": "assistant", "content": "Lab 0"}
-    full = render(tiny_tokenizer, conv, add_generation_prompt=False)
-    assert full.startswith(render(tiny_tokenizer, general_messages(ROWS[0]["input"])))
-    # loss on the answer only: the assistant mask covers the answer (and end of turn), not the prompt
-    enc = tiny_tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-    masked = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
-    assert tiny_tokenizer.decode(masked).startswith(answer_lead("Lab 0"))  # as the template writes it
+    # prompt = the closed-book question the base is asked at eval time, completion = the answer
+    ex = lora_examples(ROWS[:1], "Answer briefly.")
+    assert ex["prompt"] == [general_messages(ROWS[0]["input"], "Answer briefly.")]
+    assert ex["completion"] == [[{"role": "assistant", "content": "Lab 0"}]]
+
+
+def test_loss_is_on_the_answer_only_with_any_chat_template(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """A template without `{% generation %}` markers (SmolLM2's, Llama's) trains too, and the
+    tokens under loss are the answer and the end of turn, never the prompt."""
+    import shutil
+
+    from trl import SFTConfig, SFTTrainer
+
+    from kinject.baselines.config import LoraBaselineConfig
+    from kinject.baselines.lora import lora_datasets, run_lora
+    from kinject.models import load_causal_lm
+
+    plain = tmp_path / "plain-template"
+    shutil.copytree(tiny_model_dir, plain)
+    template = (plain / "chat_template.jinja").read_text()
+    (plain / "chat_template.jinja").write_text(template.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
+    cfg = LoraBaselineConfig(**config(tmp_path, plain, train={"max_steps": 2, "batch_size": 4, "eval_steps": 2,
+                                                               "warmup_ratio": 0.0, "threads": 1}))
+    assert (run_lora(cfg) / "adapter_model.safetensors").is_file()
+    model, tok = load_causal_lm(plain, device="cpu", dtype="float32")
+    train_ds, _ = lora_datasets(cfg)
+    trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=train_ds,
+                         args=SFTConfig(output_dir=str(tmp_path / "w"), completion_only_loss=True, report_to="none", bf16=False,
+                                        max_length=64))
+    row = trainer.train_dataset[0]
+    under_loss = [t for t in row["labels"] if t != -100]
+    gold = next(r["output"] for r in ROWS if r["input"] in train_ds[0]["prompt"][0]["content"])
+    assert tok.decode(under_loss).strip().startswith(gold)
+    assert "Question" not in tok.decode(under_loss)
 
 
 def test_rerun_is_skipped_and_bad_targets_are_one_line(adapter, tiny_model_dir, tmp_path):
@@ -100,3 +124,7 @@ def test_lora_method_merges_the_adapter_and_answers_closed_book(adapter, tiny_mo
     assert all(o["trace"]["added_prompt_tokens"] == 0 and o["trace"]["domain"] == "materials" for o in out)
     with pytest.raises(UserError, match="no LoRA adapter at"):
         build_method("lora", {"base": str(tiny_model_dir), "domains": {"materials": str(tmp_path)}}, ctx)
+    # asked with another answer-format line than it was trained with: refused, one line
+    other = MethodContext(device="cpu", dtype="float32", batch_size=3, max_new_tokens=4, answer_format="Be brief.")
+    with pytest.raises(UserError, match="trained with answer_format '' but this evaluation gives 'Be brief.'"):
+        build_method("lora", {"base": str(tiny_model_dir), "domains": {"materials": str(adapter)}}, other)

@@ -26,6 +26,8 @@ class LoraBaselineConfig(StageConfig):
     val_data: str | None = Field(None, description="validation QA JSONL; default: hold out val_share of data")
     out: str = Field(description="adapter output directory")
     val_share: float = Field(0.03, gt=0.0, lt=0.5)
+    answer_format: str = Field("", description="the answer-format line of the closed-book prompt; the eval "
+                               "config's `answer_format` (the lora method checks they match)")
     max_length: int = Field(256, ge=8)
     limit: int | None = Field(None, ge=2, description="first N training rows (quick runs)")
     lora: LoraSection = LoraSection()

@@ -16,6 +16,22 @@ class LoraOptions(StrictModel):
     max_new_tokens: int | None = None
 
 
+def check_answer_format(domain: str, adapter: Path, answer_format: str) -> None:
+    """An adapter fine-tuned with one answer-format line and asked with another answers off its
+    training distribution: refuse the mismatch (adapters without a record were trained without one)."""
+    import json
+
+    from kinject.errors import UserError
+
+    manifest = Path(adapter) / "manifest.json"
+    if not manifest.is_file():
+        return  # load_lora_model says what is missing
+    trained = (json.loads(manifest.read_text()).get("config") or {}).get("answer_format", "")
+    if trained != answer_format:
+        raise UserError(f"method 'lora': the {domain} adapter was trained with answer_format {trained!r} but this "
+                        f"evaluation gives {answer_format!r}; set the eval config's answer_format to the adapter's")
+
+
 class LoraMethod:
     name = "lora"
 
@@ -25,6 +41,8 @@ class LoraMethod:
 
         if not options.domains:
             raise UserError("method 'lora': options.domains is empty (give each domain's adapter dir)")
+        for domain, adapter in options.domains.items():
+            check_answer_format(domain, adapter, ctx.answer_format)
         self.models = {d: load_lora_model(options.base, a, ctx.device, ctx.dtype) for d, a in options.domains.items()}
         self.max_new_tokens = options.max_new_tokens or ctx.max_new_tokens
         self.batch_size = ctx.batch_size

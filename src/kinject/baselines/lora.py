@@ -1,9 +1,11 @@
 """The LoRA baseline (parametric knowledge injection): a PEFT LoRA fine-tune of the base on a
 domain's QA train split, asked at eval time exactly like the closed-book base.
 
-Each example is `general_messages(input)` + the assistant answer `output`, rendered by the
-base's chat template; TRL's `SFTTrainer` with `assistant_only_loss=True` puts the loss on the
-answer (and end of turn) only, and `peft_config` wraps the frozen base with LoRA adapters. The
+Each example is a prompt-completion pair: the prompt is `general_messages(input, answer_format)`
+(what the base is asked at eval time), the completion the assistant answer `output`; TRL's
+`SFTTrainer` renders both with the base's own chat template and puts the loss on the completion
+only (so any template works, with or without `{% generation %}` markers: SmolLM2's has none),
+and `peft_config` wraps the frozen base with LoRA adapters. The
 run layout, resume, best-checkpoint selection, curves and manifest are the expert stages'
 (`kinject.expert.training`); what is saved is the adapter (`adapter_model.safetensors`,
 `adapter_config.json`) plus the tokenizer. The `lora` eval method loads base + adapter and
@@ -19,11 +21,13 @@ from kinject.errors import UserError
 from kinject.runs import RunRecorder, inputs_hash
 
 
-def lora_conversations(rows: list[dict]) -> list[list[dict]]:
-    """Base closed-book prompt + the gold answer: what the base is asked at eval time."""
-    from kinject.prompts import general_messages, with_answer
+def lora_examples(rows: list[dict], answer_format: str = "") -> dict[str, list]:
+    """Columns `prompt` (the closed-book question the base is asked at eval time) and
+    `completion` (the gold answer as the assistant turn)."""
+    from kinject.prompts import general_messages
 
-    return [with_answer(general_messages(r["input"]), str(r["output"])) for r in rows]
+    return {"prompt": [general_messages(r["input"], answer_format) for r in rows],
+            "completion": [[{"role": "assistant", "content": str(r["output"])}] for r in rows]}
 
 
 def lora_datasets(cfg: LoraBaselineConfig):
@@ -38,8 +42,8 @@ def lora_datasets(cfg: LoraBaselineConfig):
         train_rows, val_rows = rows, load_qa(cfg.val_data)
     else:
         train_rows, val_rows = holdout(rows, cfg.val_share, cfg.seed, "QA records")
-    return (Dataset.from_dict({"messages": lora_conversations(train_rows)}),
-            Dataset.from_dict({"messages": lora_conversations(val_rows)}))
+    return (Dataset.from_dict(lora_examples(train_rows, cfg.answer_format)),
+            Dataset.from_dict(lora_examples(val_rows, cfg.answer_format)))
 
 
 def lora_inputs_hash(cfg: LoraBaselineConfig) -> str:
@@ -85,7 +89,7 @@ def run_lora(cfg: LoraBaselineConfig, force: bool = False) -> Path:
     rec.extra["data"] = {"train_examples": len(train_ds), "val_examples": len(val_ds)}
     work, resume, model, tok = open_run(out, h, cfg.train, str(base), cfg.dtype, rec, "baselines lora")
     args = SFTConfig(**training_kwargs(cfg.train, work, cfg.seed), max_length=cfg.max_length, packing=False,
-                     assistant_only_loss=True, dataset_num_proc=None)
+                     completion_only_loss=True, dataset_num_proc=None)
     span = make_progress_callback()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
                          peft_config=peft_config(cfg, model), callbacks=[span])
