@@ -151,6 +151,8 @@ def test_eval_run_end_to_end(setup, tiny_model_dir, tiny_tokenizer):
     ("metric_options={bleu: {}}", "unknown metric 'bleu'"),
     ("metric_options={sts: {}}", "options given for metric 'sts'"),
     ("metric_options={em: {x: 1}}", "metric 'em' takes no options"),
+    ("methods=[{name: lookup_k3}, {name: lookup_k3, datasets: [materials]}]",
+     "method 'lookup_k3' is listed twice for dataset 'materials'"),
 ])
 def test_bad_config_one_line_nothing_written(setup, override, message):
     cfg_path, out = setup
@@ -161,6 +163,19 @@ def test_bad_config_one_line_nothing_written(setup, override, message):
         run_eval(cfg, out, source=str(cfg_path), quiet=True)
     assert "\n" not in str(e.value)
     assert not out.exists()
+
+
+def test_one_method_on_disjoint_datasets_with_its_own_options(setup):
+    """RAG over each dataset's own index: the same method listed once per dataset, one report row."""
+    cfg_path, out = setup
+    cfg = load_config(cfg_path, ["methods=[{name: lookup_k3, datasets: [materials], options: {answers: "
+                                 "{'What is the efficiency of Ferovia-1?': '91.5 %'}}}, {name: lookup_k3, datasets: "
+                                 "[wiki_2hop], options: {answers: {'Who founded Quillex 1?': Ada}}}]"], expect=EvalConfig)
+    by = {(r.method, r.dataset, r.metric): r.value for r in run_eval(cfg, out, quiet=True)}
+    assert by[("lookup_k3", "materials", "em")] == pytest.approx(1 / 6)
+    assert by[("lookup_k3", "wiki_2hop", "has_answer")] == pytest.approx(1 / 3)
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == ["lookup_k3__materials.jsonl",
+                                                                       "lookup_k3__wiki_2hop.jsonl"]
 
 
 def test_dataset_without_answers(setup):

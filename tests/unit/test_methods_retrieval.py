@@ -54,6 +54,34 @@ def test_rag_traces_hits_and_added_tokens(world, tiny_model_dir):
     assert k1[0]["trace"]["added_prompt_tokens"] < out[0]["trace"]["added_prompt_tokens"]
 
 
+def test_oracle_reads_each_questions_gold_passages(tiny_model_dir, tmp_path):
+    """The oracle's prompt is the RAG prompt with the question's own `supporting_pids` (in that
+    order) as the passages; a question without golds or with an unknown id is one error line."""
+    from kinject.retrieval.base import Hit
+    from kinject.retrieval.rag import format_passages
+
+    passages = tmp_path / "p.tsv"
+    passages.write_text("id\ttext\ttitle\n1\tEsk flows through Velmora.\tEsk\n2\tVelmora is a town.\tVelmora\n"
+                        "3\tUnrelated text.\tOther\n")
+    m = build_method("oracle", {"model": str(tiny_model_dir), "passages": str(passages), "passage_format": "numbered"},
+                     CTX)
+    rows = [{"id": "a", "question": "Which river flows through Velmora?", "supporting_pids": ["2", "1"]},
+            {"id": "b", "question": "What is Velmora?", "supporting_pids": ["2"]}]
+    out = m.answer(rows)
+    assert [o["trace"]["hits"] for o in out] == [["2", "1"], ["2"]]
+    assert all(o["trace"]["n_retrievals"] == 0 for o in out)
+    gold = [Hit("2", "Velmora", "Velmora is a town.", 1.0), Hit("1", "Esk", "Esk flows through Velmora.", 1.0)]
+    full = n_tokens(m.tokenizer, render(m.tokenizer, knowledge_messages(rows[0]["question"],
+                                                                        format_passages(gold, "numbered"))))
+    closed = n_tokens(m.tokenizer, render(m.tokenizer, general_messages(rows[0]["question"])))
+    assert out[0]["trace"]["prompt_tokens"] == full and out[0]["trace"]["added_prompt_tokens"] == full - closed
+    assert [o["prediction"] for o in out] == [m.answer([r])[0]["prediction"] for r in rows]  # order kept
+    with pytest.raises(UserError, match="has no supporting_pids"):
+        m.answer([{"id": "c", "question": "?"}])
+    with pytest.raises(UserError, match="names passages absent from .*: 9"):
+        m.answer([{"id": "d", "question": "?", "supporting_pids": ["1", "9"]}])
+
+
 def test_rag_bad_options(world, tiny_model_dir, tmp_path):
     rows, index = world
     with pytest.raises(UserError, match="contradicts the name"):

@@ -207,10 +207,12 @@ def test_index_option_is_filled_only_where_a_method_takes_one(tmp_path):
     from kinject.realqa.cli import dataset_name, fill_index
 
     methods = [MethodEntry(name="rag_k3", options={"model": "m"}), MethodEntry(name="base", options={"model": "m"}),
-               MethodEntry(name="rag_k1", options={"model": "m", "index": "mine"})]
-    assert fill_index(methods, tmp_path / "index") == ["rag_k3"]
+               MethodEntry(name="rag_k1", options={"model": "m", "index": "mine"}),
+               MethodEntry(name="oracle", options={"model": "m"})]
+    assert fill_index(methods, tmp_path / "index", tmp_path / "p.tsv") == ["rag_k3", "oracle"]
     assert methods[0].options["index"] == str(tmp_path / "index") and methods[2].options["index"] == "mine"
-    assert "index" not in methods[1].options
+    assert "index" not in methods[1].options and "passages" not in methods[1].options
+    assert methods[3].options == {"model": "m", "passages": str(tmp_path / "p.tsv")}
     assert dataset_name(Path("data/realqa/multihop/dev.jsonl")) == "multihop"
     assert dataset_name(Path("sets/bioasq.jsonl")) == "bioasq"
 

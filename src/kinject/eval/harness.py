@@ -74,10 +74,16 @@ def check_methods(cfg: EvalConfig, source: str) -> None:
     names = [m.name for m in cfg.methods]
     if not names:
         raise UserError(f"{source}: no methods configured")
-    dup = next((n for n in names if names.count(n) > 1), None)
-    if dup:
-        raise UserError(f"{source}: method {dup!r} is listed twice")
     known = [d.name for d in cfg.datasets]
+    # a method may be listed more than once on disjoint datasets (RAG over each dataset's own
+    # index): every (method, dataset) cell of the report still has one source
+    claimed: dict[tuple[str, str], int] = {}
+    for m in cfg.methods:
+        for d in set(m.datasets if m.datasets is not None else known):
+            if (m.name, d) in claimed:
+                raise UserError(f"{source}: method {m.name!r} is listed twice for dataset {d!r} (entries of one "
+                                "method need disjoint `datasets` filters)")
+            claimed[(m.name, d)] = 1
     for m in cfg.methods:
         bad = [d for d in (m.datasets or []) if d not in known]
         if bad:

@@ -32,15 +32,19 @@ def dense_options_from(items: list[str] | None) -> dict:
     return opts
 
 
-def fill_index(methods, index: Path) -> list[str]:
-    """Give the built index to every method that takes an `index` option and was given none."""
+def fill_index(methods, index: Path, passages: Path | None = None) -> list[str]:
+    """Give the built index to every method that takes an `index` option and was given none, and
+    the passages file to every one that takes `passages` (the oracle); returns the names filled."""
     from kinject.eval.method import resolve_method
 
     filled = []
     for m in methods:
         spec, _ = resolve_method(m.name)
-        if "index" in getattr(spec.options, "model_fields", {}) and "index" not in m.options:
-            m.options["index"] = str(index)
+        fields = getattr(spec.options, "model_fields", {})
+        given = {"index": str(index), **({"passages": str(passages)} if passages is not None else {})}
+        missing = {k: v for k, v in given.items() if k in fields and k not in m.options}
+        if missing:
+            m.options.update(missing)
             filled.append(m.name)
     return filled
 
@@ -82,7 +86,7 @@ def eval_cmd(
         cfg = load_config(config, overrides or [], expect=EvalConfig)
         cfg.data_root = None
         cfg.datasets = [DatasetEntry(name=ds, path=questions.resolve(), split=split, by="type")]
-        filled = fill_index(cfg.methods, out / "index")
+        filled = fill_index(cfg.methods, out / "index", passages.resolve())
         check_methods(cfg, str(config))  # before any index is built
     elif overrides:
         raise UserError("overrides apply to --config; give an eval config or drop them")
@@ -103,7 +107,7 @@ def eval_cmd(
 
     build_index(passages, out / "index", index_backend, progress=False)
     if filled:
-        typer.echo(f"methods retrieving from {out / 'index'}: {', '.join(filled)}", err=True)
+        typer.echo(f"methods given {out / 'index'} / {passages}: {', '.join(filled)}", err=True)
     run_eval(cfg, out / "eval", source=str(config))
 
 

@@ -83,3 +83,66 @@ class RagMethod:
 def make_rag(options: RagOptions, ctx: MethodContext) -> RagMethod:
     """RAG: the base answers from the top-k retrieved passages (knowledge prompt)."""
     return RagMethod(options, ctx)
+
+
+class OracleOptions(StrictModel):
+    model: Path  # the base causal LM directory
+    passages: Path  # the passages file (TSV or JSONL) the rows' `supporting_pids` point into
+    passage_format: Literal["numbered", "plain"] = "plain"
+    instruction: str = ""
+    max_new_tokens: int | None = None  # None = the eval config's
+
+
+class OracleMethod:
+    """The reading ceiling of RAG: each question's own gold passages (`supporting_pids`, in the
+    order given) in the same knowledge prompt `rag_k{k}` uses, so the gap to a RAG row is what
+    retrieval loses and the gap to 1.0 what the reader loses."""
+
+    name = "oracle"
+
+    def __init__(self, options: OracleOptions, ctx: MethodContext):
+        from kinject.models import load_causal_lm
+        from kinject.retrieval.base import Hit
+        from kinject.retrieval.ingest import read_passages
+
+        self.passages = {d.id: Hit(d.id, d.title, d.text, 1.0) for d in read_passages(options.passages)}
+        self.model, self.tokenizer = load_causal_lm(options.model, device=ctx.device, dtype=ctx.dtype)
+        self.options = options
+        self.max_new_tokens = options.max_new_tokens or ctx.max_new_tokens
+        self.batch_size = ctx.batch_size
+        self.answer_format = ctx.answer_format
+
+    def gold_hits(self, row: dict) -> list:
+        from kinject.errors import UserError
+
+        pids = row.get("supporting_pids")
+        if not pids:
+            raise UserError(f"method 'oracle': question {row.get('id')!r} has no supporting_pids (the oracle "
+                            "needs each question's gold passage ids)")
+        missing = [p for p in pids if str(p) not in self.passages]
+        if missing:
+            raise UserError(f"method 'oracle': question {row.get('id')!r} names passages absent from "
+                            f"{self.options.passages}: {', '.join(map(str, missing[:3]))}")
+        return [self.passages[str(p)] for p in pids]
+
+    def answer(self, batch: list[dict]) -> list[dict]:
+        from kinject.eval.methods.closed_book import closed_book_tokens
+        from kinject.retrieval.rag import rag_answer
+
+        qs = [row["question"] for row in batch]
+        hits = [self.gold_hits(row) for row in batch]
+        o = self.options
+        outs = rag_answer(self.model, self.tokenizer, None, qs, max(map(len, hits)), self.max_new_tokens,
+                          self.batch_size, o.instruction, hits=hits, style=o.passage_format,
+                          answer_format=self.answer_format)
+        closed = closed_book_tokens(self.tokenizer, qs, self.answer_format)
+        return [{"prediction": out.answer,
+                 "trace": {"hits": [h.id for h in out.hits], "n_retrievals": 0, "prompt_tokens": out.n_prompt_tokens,
+                           "new_tokens": out.n_new_tokens, "added_prompt_tokens": out.n_prompt_tokens - c}}
+                for out, c in zip(outs, closed, strict=True)]
+
+
+@register_method("oracle", options=OracleOptions)
+def make_oracle(options: OracleOptions, ctx: MethodContext) -> OracleMethod:
+    """Oracle reading: the base answers from each question's gold passages (the RAG ceiling)."""
+    return OracleMethod(options, ctx)
