@@ -34,3 +34,25 @@ def test_demo_preset_errors_are_one_line(args, msg, tmp_path):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1 and msg in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_real_methods_cover_every_row_and_lora_once_trained(tmp_path):
+    """The harness entries the preset's eval stage runs: every method on the real base, `lora`
+    only once both adapters exist, each a valid entry for its registered options."""
+    from kinject.eval.config import EvalConfig
+    from kinject.eval.harness import check_methods
+    from kinject.real.preset import DOMAINS, STAGES, real_methods
+
+    art = {"real_base": tmp_path / "base", "knowledge_index": tmp_path / "index",
+           **{f"expert_{d}": tmp_path / f"expert_{d}" for d in DOMAINS},
+           **{f"real_injector_{d}": tmp_path / f"inj_{d}" for d in DOMAINS}}
+    names = [m["name"] for m in real_methods(art)]
+    assert names == ["base", "rag_k1", "rag_k3", "expert", "text_injection", "gag"]
+    with_lora = real_methods({**art, **{f"real_lora_{d}": tmp_path / f"lora_{d}" for d in DOMAINS}})
+    lora = with_lora[-1]
+    assert lora == {"name": "lora", "datasets": list(DOMAINS), "options": {
+        "base": str(tmp_path / "base"), "domains": {d: str(tmp_path / f"lora_{d}") for d in DOMAINS}}}
+    cfg = EvalConfig(methods=with_lora, datasets=[{"name": d, "path": "x.jsonl"} for d in DOMAINS] + [
+        {"name": "nq", "path": "y.jsonl"}])
+    check_methods(cfg, "preset")  # every entry's options validate against its method
+    assert [s.name for s in STAGES] == ["import", "corpus", "gag", "lora", "eval"]

@@ -10,6 +10,8 @@ skipped when its inputs are unchanged and resumable where it trains:
             32-word windows, plus the NQ dev passages (real questions, real Wikipedia text)
 - `gag`     Stage III per private domain into the frozen real base (configs/real/), then GAG on
             the stored dev memories with the zeroed / foreign-memory controls
+- `lora`    the LoRA baseline per private domain: adapters on the frozen real base, trained on
+            the domain's QA train split with the harness's prompt (configs/real/*_lora_smollm2.yaml)
 - `eval`    every method from one harness run (configs/real/eval_smollm2.yaml): report.md; with
             `mixed` (PPR routing -> the untouched real base for general questions / GAG) on a
             mixed set: private dev questions beside real NQ questions (`domain: general`)
@@ -43,7 +45,8 @@ NQ = shipped("data/realqa/nq_oracle")
 CHUNK_WORDS, CHUNK_OVERLAP = 32, 8
 DEV_LIMIT = 120  # questions per private dev set (the harness's and the controls')
 MIXED_PER_SOURCE = 40  # the mixed set: this many materials, adjuvant and NQ questions
-QUICK = {"gag": ["alignment.steps=30", "domain.steps=10"], "limit": 16}
+QUICK = {"gag": ["alignment.steps=30", "domain.steps=10"], "lora": ["train.max_steps=4", "train.eval_steps=2"],
+         "limit": 16}
 
 STAGES: list[Stage] = []
 
@@ -160,6 +163,20 @@ def gag_stage(ctx: DemoContext, out: Path) -> None:
     write_jsonl_atomic(out / "results.jsonl", rows)
 
 
+@real_stage("lora", 25, "LoRA baseline: adapters on the frozen real base per private domain (QA train split)")
+def lora_stage(ctx: DemoContext, out: Path) -> None:
+    from kinject.baselines.config import LoraBaselineConfig
+    from kinject.baselines.lora import run_lora
+    from kinject.config import load_config
+
+    world, base = Path(ctx.artifacts["world"]), Path(ctx.artifacts["real_base"])
+    for domain in DOMAINS:
+        cfg = load_config(shipped(f"configs/real/{domain}_lora_smollm2.yaml"), [
+            f"base={base}", f"data={world / f'{domain}_domain' / 'qa_train.jsonl'}", f"out={out / domain}",
+            *(QUICK["lora"] if ctx.quick else [])], expect=LoraBaselineConfig)
+        ctx.artifacts[f"real_lora_{domain}"] = run_lora(cfg)
+
+
 def write_mixed_set(world: Path, nq_questions: Path, out: Path, per_source: int) -> Path:
     """Private dev questions (their own `domain`) beside real NQ questions (`domain: general`):
     the first `per_source` of each, with their answers, for routing + answering in one pass."""
@@ -192,6 +209,9 @@ def real_methods(artifacts: dict) -> list[dict]:
         {"name": "gag", "datasets": private, "options": {"base": base, "domains": {
             d: {**bg[d], "injector": str(artifacts[f"real_injector_{d}"])} for d in DOMAINS}}},
     ]
+    if all(f"real_lora_{d}" in artifacts for d in DOMAINS):
+        entries.append({"name": "lora", "datasets": private, "options": {
+            "base": base, "domains": {d: str(artifacts[f"real_lora_{d}"]) for d in DOMAINS}}})
     if artifacts.get("ppr_banks"):
         from kinject.expert.evaluate import default_instruction
 
