@@ -3,7 +3,7 @@ import json
 import pytest
 
 from kinject.errors import UserError
-from kinject.eval.results import ResultRow, read_results, results_table, write_results
+from kinject.eval.results import ResultRow, metric_rows, read_results, results_table, write_results
 
 
 def row(method, dataset, metric, value, n=10, split="dev"):
@@ -21,6 +21,14 @@ def test_write_upserts_and_reads_back(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
     write_results(tmp_path, [row("x", "y", "em", 1.0)], append=False)
     assert len(read_results(tmp_path)) == 1
+
+
+def test_metric_rows_and_replacing_writes_keep_rows_as_given(tmp_path):
+    rows = metric_rows("gag", "materials", "dev", {"em": 0.123456, "f1": 0.5}, 8, ndigits=4)
+    assert [(r.metric, r.value, r.n) for r in rows] == [("em", 0.1235, 8), ("f1", 0.5, 8)]
+    # a replacing write holds exactly the given rows, in order (two domains may share a dataset name)
+    write_results(tmp_path / "results.jsonl", [*rows, rows[0]], append=False)
+    assert read_results(tmp_path) == [*rows, rows[0]]
 
 
 def test_bad_rows_are_user_errors(tmp_path):

@@ -1,16 +1,18 @@
 """`results.jsonl`: the one schema every evaluation writes, one row per number.
 
-`{"method", "dataset", "split", "metric", "value", "n"}`. Writers upsert atomically: rows
-already in the file with the same (method, dataset, split, metric) key are replaced, the file
-is rewritten under a temporary name and renamed, so a crash never leaves half a file. The table
-printer lays rows out as the papers do: one row per method, one column per dataset x metric.
+`{"method", "dataset", "split", "metric", "value", "n"}`. Every evaluator builds `ResultRow`s
+(`metric_rows` for the metrics of one method x dataset), writes them with `write_results` and
+prints them with `print_results`. The writer is atomic: the file is rewritten under a temporary
+name and renamed, so a crash never leaves half a file; by default it upserts (rows already in the
+file with the same (method, dataset, split, metric) key are replaced). The table printer lays
+rows out as the papers do: one row per method, one column per dataset x metric.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -35,6 +37,13 @@ class ResultRow(StrictModel):
         return (self.method, self.dataset, self.split, self.metric)
 
 
+def metric_rows(method: str, dataset: str, split: str, values: Mapping[str, float], n: int,
+                ndigits: int | None = None) -> list[ResultRow]:
+    """One row per metric of one method on one dataset split (`ndigits`: round the values)."""
+    return [ResultRow(method=method, dataset=dataset, split=split, metric=m,
+                      value=v if ndigits is None else round(v, ndigits), n=n) for m, v in values.items()]
+
+
 def read_results(path: str | os.PathLike) -> list[ResultRow]:
     p = Path(path)
     if p.is_dir():
@@ -50,16 +59,17 @@ def read_results(path: str | os.PathLike) -> list[ResultRow]:
 
 
 def write_results(path: str | os.PathLike, rows: Iterable[ResultRow], append: bool = True) -> Path:
-    """Write rows to `path` (a file or a directory holding results.jsonl), upserting by key."""
+    """Write rows to `path` (a file or a directory holding results.jsonl), atomically.
+
+    `append`: upsert by key into the rows already there; else the file holds exactly `rows`, in order."""
     p = Path(path)
     if p.is_dir() or p.suffix != ".jsonl":
         p = p / RESULTS_FILE
-    merged: dict[tuple, ResultRow] = {}
-    if append and p.is_file():
-        merged = {r.key: r for r in read_results(p)}
-    for r in rows:
-        merged[r.key] = r
-    return write_jsonl_atomic(p, (r.model_dump() for r in merged.values()))
+    if append:
+        merged = {r.key: r for r in read_results(p)} if p.is_file() else {}
+        merged.update((r.key, r) for r in rows)
+        rows = merged.values()
+    return write_jsonl_atomic(p, (r.model_dump() for r in rows))
 
 
 #: shorter column headings for the terminal table (results.jsonl keeps the full metric names)
