@@ -8,7 +8,13 @@ import pytest
 from typer.testing import CliRunner
 
 from kinject.errors import UserError
-from kinject.eval.data import load_predictions, load_questions, match_predictions, prediction_text
+from kinject.eval.data import (
+    gold_answers,
+    load_predictions,
+    load_questions,
+    match_predictions,
+    prediction_text,
+)
 
 
 def write_jsonl(path, rows):
@@ -72,6 +78,16 @@ def test_score_command_writes_results(refs, preds, tmp_path):
     res = CliRunner().invoke(app, ["eval", "score", "--predictions", str(preds), "--references", str(refs),
                                    "--metrics", "em", "--out", str(out), "--method", "base", "--dataset", "toy"])
     assert res.exit_code == 0 and len(read_results(out)) == 5
+
+
+def test_gold_answers_one_parser_for_every_row_shape():
+    assert gold_answers({"answer": "Velmora"}, "f:1") == ["Velmora"]
+    assert gold_answers({"answers": ["a", " ", 12]}, "f:1") == ["a", "12"]
+    # the world's Stage II rows carry both: `answer` (every accepted wording) wins over `output`
+    assert gold_answers({"answer": ["93.5 %", "93.5"], "output": "93.5 %"}, "f:1") == ["93.5 %", "93.5"]
+    assert gold_answers({"output": "x"}, "f:1") == ["x"]
+    with pytest.raises(UserError, match="f:1: 'answer' must be a string or a list"):
+        gold_answers({"answer": {"text": "x"}}, "f:1")
 
 
 def test_bad_references(tmp_path):

@@ -1,10 +1,11 @@
-"""Evaluation questions and predictions: reading, validating and matching them.
+"""QA rows and predictions: reading, validating and matching them. The one home of a question
+row (`Question`) and of its gold answers (`gold_answers`), for the harness and every evaluator.
 
 A reference row needs a question (`question`, or `input` as the world's QA files name it) and
-gold answers (`answer`: a list or a string). `id` is optional. Predictions are matched to
-references by `id` when both carry one, else by the question text (whitespace-normalized). A
-`prediction` that is a list (GRIP's release writes the answer of every turn) is scored by its
-last element.
+gold answers (`answer`, `answers` or `output`, the first present: a list or a string). `id` is
+optional. Predictions are matched to references by `id` when both carry one, else by the
+question text (whitespace-normalized). A `prediction` that is a list (GRIP's release writes the
+answer of every turn) is scored by its last element.
 
 `where` keeps rows whose fields match: a scalar is equality, a list is membership
 (`type: [bridge, compositional]`), `{prefix: "hotpotqa:"}` matches a string's start (the real QA
@@ -20,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from kinject.errors import UserError
-from kinject.io import iter_jsonl
+from kinject.io import iter_jsonl, iter_jsonl_numbered
 
 QUESTION_FIELDS = ("question", "input")
-ANSWER_FIELDS = ("answer", "answers")
-HIDDEN_FIELDS = (*ANSWER_FIELDS, "output")  # gold answers: never shown to a method
+GOLD_FIELDS = ("answer", "answers", "output")  # the first present holds the gold; never shown to a method
 
 
 def _question_key(text: str) -> str:
@@ -33,7 +33,7 @@ def _question_key(text: str) -> str:
 
 @dataclass
 class Question:
-    """One evaluation item; `row` keeps every original field (instruction, domain, hops...)."""
+    """One QA item; `row` keeps every original field (instruction, domain, hops, popularity...)."""
 
     question: str
     answers: list[str]
@@ -43,18 +43,29 @@ class Question:
     def as_input(self) -> dict[str, Any]:
         """What a Method's `answer(batch)` receives: the row with normalized `id` and `question`,
         without the gold answer fields (`answer`, `answers`, `output`), so no method can peek."""
-        row = {k: v for k, v in self.row.items() if k not in HIDDEN_FIELDS}
+        row = {k: v for k, v in self.row.items() if k not in GOLD_FIELDS}
         return {**row, "id": self.id, "question": self.question}
 
 
-def _answers(raw: Any, where: str) -> list[str]:
-    if isinstance(raw, str):
+def gold_field(row: dict[str, Any]) -> str | None:
+    return next((f for f in GOLD_FIELDS if f in row), None)
+
+
+def gold_answers(row: dict[str, Any], loc: str, hint: str = "") -> list[str]:
+    """A row's gold answers as a non-empty list of strings: a string is one answer, numbers are
+    written out, blank answers are dropped. `loc` (file:line) and `hint` go into the errors."""
+    name = gold_field(row)
+    if name is None:
+        raise UserError(f"{loc}: missing answers (expected a field {' or '.join(map(repr, GOLD_FIELDS))})"
+                        + (f"; {hint}" if hint else ""))
+    raw = row[name]
+    if isinstance(raw, (str, int, float)):
         raw = [raw]
     if not isinstance(raw, list) or not all(isinstance(a, (str, int, float)) for a in raw):
-        raise UserError(f"{where}: answers must be a string or a list of strings")
+        raise UserError(f"{loc}: {name!r} must be a string or a list of strings, got {raw!r}")
     golds = [str(a) for a in raw if str(a).strip()]
     if not golds:
-        raise UserError(f"{where}: empty gold answer list (every question needs an answer to be scored)")
+        raise UserError(f"{loc}: empty gold answer list in {name!r} (every question needs an answer to be scored)")
     return golds
 
 
@@ -95,7 +106,7 @@ def answer_lookup(files: Sequence[str | os.PathLike]) -> dict[str, dict]:
     for f in files:
         for row in iter_jsonl(f):
             qf = next((k for k in QUESTION_FIELDS if k in row), None)
-            if qf is not None and any(k in row for k in ANSWER_FIELDS):
+            if qf is not None and gold_field(row) is not None:
                 out.setdefault(_question_key(row[qf]), row)
     return out
 
@@ -104,7 +115,8 @@ def load_questions(
     path: str | os.PathLike, where: dict[str, Any] | None = None, limit: int | None = None,
     answers_from: Sequence[str | os.PathLike] = (),
 ) -> list[Question]:
-    """Read a question file; `where` keeps rows whose fields equal the given values.
+    """Read a QA file (questions stripped, gold answers by `gold_answers`); `where` keeps rows
+    whose fields equal the given values; `limit` keeps the first N kept rows.
 
     `answers_from`: files to take a row's missing answers from, matched by question text (the
     world's mixed online set carries only `question` and `domain`; its questions come from the
@@ -114,26 +126,25 @@ def load_questions(
     check_where(where, f"{p}: where")
     lookup = answer_lookup(answers_from) if answers_from else {}
     out: list[Question] = []
-    for lineno, row in enumerate(iter_jsonl(p), 1):
+    for lineno, row in iter_jsonl_numbered(p):  # file line numbers, blank lines counted
         loc = f"{p}:{lineno}"
         qf = next((f for f in QUESTION_FIELDS if f in row), None)
         if qf is None:
             raise UserError(f"{loc}: no question field (expected one of {', '.join(QUESTION_FIELDS)})")
-        af = next((f for f in ANSWER_FIELDS if f in row), None)
-        if af is None and lookup:
+        if not isinstance(row[qf], str) or not row[qf].strip():
+            raise UserError(f"{loc}: {qf!r} must be a non-empty string")
+        if gold_field(row) is None and lookup:
             found = lookup.get(_question_key(row[qf]))
             if found is None:
                 raise UserError(f"{loc}: no answers in the row and its question is in none of the answers_from "
                                 f"files ({', '.join(map(str, answers_from))})")
             row = {**{k: v for k, v in found.items() if k not in QUESTION_FIELDS}, **row}
-            af = next(f for f in ANSWER_FIELDS if f in row)
-        if af is None:
-            raise UserError(f"{loc}: missing answers (expected a field {' or '.join(map(repr, ANSWER_FIELDS))}); "
-                            "this file cannot be scored (or name files to look them up in with `answers_from`)")
         if not row_matches(row, where):
             continue
+        golds = gold_answers(row, loc, "this file cannot be scored (or name files to look them up in with "
+                                       "`answers_from`)")
         qid = row.get("id")
-        out.append(Question(str(row[qf]), _answers(row[af], loc), None if qid is None else str(qid), row))
+        out.append(Question(row[qf].strip(), golds, None if qid is None else str(qid), row))
         if limit is not None and len(out) >= limit:
             break
     if not out:
@@ -152,7 +163,7 @@ def prediction_text(value: Any) -> str:
 def load_predictions(path: str | os.PathLike) -> list[dict]:
     p = Path(path)
     rows = []
-    for lineno, row in enumerate(iter_jsonl(p, required=("prediction",)), 1):
+    for lineno, row in iter_jsonl_numbered(p, required=("prediction",)):
         if "id" not in row and not any(f in row for f in QUESTION_FIELDS):
             raise UserError(f"{p}:{lineno}: a prediction needs an 'id' or a 'question' to be matched")
         rows.append(row)

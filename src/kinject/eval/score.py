@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from kinject.eval.data import Question
 from kinject.eval.metrics import check_metrics, compute_metric
-from kinject.eval.results import ResultRow
+from kinject.eval.results import ResultRow, metric_rows
 
 
 @dataclass
@@ -30,6 +30,4 @@ def score_answers(
     golds = [q.answers for q in questions]
     per_q = {m: compute_metric(m, predictions, golds, (metric_options or {}).get(m)) for m in metrics}
     n = len(questions)
-    rows = [ResultRow(method=method, dataset=dataset, split=split, metric=m, value=sum(v) / n, n=n)
-            for m, v in per_q.items()]
-    return Scored(rows, per_q)
+    return Scored(metric_rows(method, dataset, split, {m: sum(v) / n for m, v in per_q.items()}, n), per_q)
