@@ -57,7 +57,7 @@ def test_grip_pipeline_on_tiny_world(world_and_index, tiny_model_dir, tmp_path):
         f"model={model}", f"index={index}", "base_model=null", "limit=12", "agent.max_new_tokens=16"],
         expect=GripEvalConfig)
     res = grip_eval(ev, world / "wiki/qa_test.jsonl", tmp_path / "eval")
-    datasets = {r["dataset"] for r in res}
+    datasets = {r.dataset for r in res}
     assert datasets == {"wiki", "wiki_popular", "wiki_longtail", "wiki_2hop"}
     preds = [json.loads(x) for x in (tmp_path / "eval/predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 12 and all(1 <= len(p["steps"]) <= 4 and p["n_retrievals"] <= 3 for p in preds)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kinject.grip.data import QA
+from kinject.eval.data import Question
 from kinject.grip.evaluate import answer_metrics, score_rows
 
 REPO = Path(__file__).resolve().parents[2]
@@ -17,20 +17,19 @@ EVAL_CONFIG = str(REPO / "configs/grip/eval_tiny.yaml")
 
 
 def test_score_rows_by_subset():
-    qas = [QA("q1", ["Velmora"], {"hops": 1, "popularity": "popular"}),
-           QA("q2", ["Tarsk"], {"hops": 1, "popularity": "longtail"}),
-           QA("q3", ["Norland"], {"hops": 2, "popularity": "popular"}),
-           QA("q4", ["Ostland"], {"hops": 2, "popularity": "longtail"})]
+    qas = [Question("q1", ["Velmora"], row={"hops": 1, "popularity": "popular"}),
+           Question("q2", ["Tarsk"], row={"hops": 1, "popularity": "longtail"}),
+           Question("q3", ["Norland"], row={"hops": 2, "popularity": "popular"}),
+           Question("q4", ["Ostland"], row={"hops": 2, "popularity": "longtail"})]
     rows = score_rows("grip", qas, ["Velmora", "in Tarsk", "Norland", "x"], "wiki", "test", [0, 1, 2, 1])
-    val = {(r["dataset"], r["metric"]): (r["value"], r["n"]) for r in rows}
+    val = {(r.dataset, r.metric): (r.value, r.n) for r in rows}
     assert val[("wiki", "em")] == (0.5, 4) and val[("wiki", "cover_em")] == (0.75, 4)
     assert val[("wiki_popular", "em")] == (1.0, 1) and val[("wiki_longtail", "em")] == (0.0, 1)
     assert val[("wiki_longtail", "cover_em")] == (1.0, 1) and val[("wiki_2hop", "em")] == (0.5, 2)
     assert val[("wiki", "avg_retrievals")] == (1.0, 4) and val[("wiki_2hop", "avg_retrievals")] == (1.5, 2)
     assert val[("wiki_longtail", "f1")][0] == pytest.approx(2 / 3)
-    assert {r["metric"] for r in rows} == {*answer_metrics(), "avg_retrievals"}
-    assert all(set(r) == {"method", "dataset", "split", "metric", "value", "n"} for r in rows)
-    assert rows[0]["dataset"] == "wiki"
+    assert {r.metric for r in rows} == {*answer_metrics(), "avg_retrievals"}
+    assert rows[0].dataset == "wiki"
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +48,18 @@ def test_eval_writes_results_predictions_and_baselines(world, tiny_model_dir, tm
     cfg = load_config(EVAL_CONFIG, [f"model={tiny_model_dir}", f"index={index}", f"base_model={tiny_model_dir}",
                                     "agent.max_new_tokens=8", "baseline_max_new_tokens=4"], expect=GripEvalConfig)
     rows = grip_eval(cfg, qa, tmp_path / "ev")
-    got = {(r["method"], r["dataset"], r["metric"]) for r in rows}
+    got = {(r.method, r.dataset, r.metric) for r in rows}
     for method in ("grip", "base", "rag_k3"):
         for ds in ("wiki", "wiki_popular", "wiki_longtail", "wiki_2hop"):
             assert {(method, ds, m) for m in (*answer_metrics(), "avg_retrievals")} <= got
-    assert [json.loads(x) for x in (tmp_path / "ev/results.jsonl").read_text().splitlines()] == rows
+    assert [json.loads(x) for x in (tmp_path / "ev/results.jsonl").read_text().splitlines()] == [
+        r.model_dump() for r in rows]
+    assert grip_eval(cfg, qa, tmp_path / "ev") == rows  # complete with the same inputs: read back
     preds = [json.loads(x) for x in (tmp_path / "ev/predictions.jsonl").read_text().splitlines()]
     grip = [p for p in preds if p["method"] == "grip"]
     assert len(grip) == 4 and all(p["steps"] and "retrieved_ids" in p["steps"][0] for p in grip)
     n_ret = sum(p["n_retrievals"] for p in grip) / 4
-    assert next(r["value"] for r in rows if (r["method"], r["dataset"], r["metric"]) ==
+    assert next(r.value for r in rows if (r.method, r.dataset, r.metric) ==
                 ("grip", "wiki", "avg_retrievals")) == pytest.approx(n_ret)
     man = json.loads((tmp_path / "ev/manifest.json").read_text())
     assert man["metrics"]["grip/questions_per_s"] > 0

@@ -228,10 +228,10 @@ def test_eval_rows_cover_the_world_subsets(tmp_path, tiny_model_dir, retriever):
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     model, tok = load_causal_lm(tiny_model_dir)
     results, preds = evaluate_agent(model, tok, retriever, f, "grip", AgentSettings(max_new_tokens=4))
-    assert {(r["dataset"], r["n"]) for r in results} == {("wiki", 3), ("wiki_popular", 1), ("wiki_2hop", 1),
-                                                         ("wiki_longtail", 1)}
-    assert {r["metric"] for r in results} == {"em", "f1", "cover_em", "avg_retrievals"}
-    assert all(r["split"] == "test" and r["method"] == "grip" for r in results)
+    assert {(r.dataset, r.n) for r in results} == {("wiki", 3), ("wiki_popular", 1), ("wiki_2hop", 1),
+                                                   ("wiki_longtail", 1)}
+    assert {r.metric for r in results} == {"em", "f1", "cover_em", "avg_retrievals"}
+    assert all(r.split == "test" and r.method == "grip" for r in results)
     assert len(preds) == 3 and all("n_retrievals" in p and "em" in p for p in preds)
 
 

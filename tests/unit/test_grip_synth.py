@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from kinject.errors import UserError
-from kinject.grip.data import read_qa, subset_names
+from kinject.eval.data import Question, load_questions
+from kinject.grip.data import subset_names
 from kinject.grip.format import final_turn, plan_turn
 from kinject.grip.rewriters import RewriteItem, world_rewrite
 from kinject.grip.synth import Example, build_examples, classify, example_messages, split_rows
@@ -79,7 +80,7 @@ def _search(index, k):
 
 def test_build_examples_every_class(mini_world):
     qa_path, index = mini_world
-    qas = read_qa(qa_path)
+    qas = load_questions(qa_path)
     rows, stats = build_examples(qas, PREDICTIONS, _search(index, 1), lambda items: [world_rewrite(i) for i in items])
     by = Counter((r.cls, r.note, r.round) for r in rows)
     assert by == Counter({("A", "", 0): 1, ("B", "wrong", 0): 2, ("B", "contained", 0): 1,
@@ -103,13 +104,13 @@ def test_build_examples_every_class(mini_world):
 
 def test_without_wrong_as_b_only_contained_is_b(mini_world):
     qa_path, index = mini_world
-    rows, _ = build_examples(read_qa(qa_path), PREDICTIONS, _search(index, 1),
+    rows, _ = build_examples(load_questions(qa_path), PREDICTIONS, _search(index, 1),
                              lambda items: [world_rewrite(i) for i in items], wrong_as_b=False)
     assert [r.note for r in rows if r.cls == "B"] == ["contained"]
 
 
 def test_split_per_class_is_seeded_and_capped():
-    qa = read_qa.__globals__["QA"]("q", ["a"])
+    qa = Question("q", ["a"])
     rows = [Example(c, qa, "", "", [], [], "t", 0) for c in "A" * 20 + "B" * 10 + "D" * 5]
     sft, rl, counts = split_rows(rows, 0.2, 8, seed=3)
     assert counts == {"A": {"total": 8, "sft": 6, "rl": 2}, "B": {"total": 8, "sft": 6, "rl": 2},
@@ -119,26 +120,28 @@ def test_split_per_class_is_seeded_and_capped():
     assert [id(r) for r in sft] == [id(r) for r in sft2]
 
 
-def test_read_qa_names_file_and_line(tmp_path):
+def test_question_file_errors_name_file_and_line(tmp_path):
     p = tmp_path / "q.jsonl"
     p.write_text('{"question": "a?", "answer": ["x"]}\n\n{"question": "b?", "answer": []}\n')
-    with pytest.raises(UserError, match=r"q.jsonl:3: 'answer' must be"):
-        read_qa(p)
+    with pytest.raises(UserError, match=r"q.jsonl:3: empty gold answer list in 'answer'"):
+        load_questions(p)
     p.write_text('{"question": "a?", "answer": "x"}\n{"question": "b?", "answer": ["y"\n')
     with pytest.raises(UserError, match=r"q.jsonl:2: malformed JSON"):
-        read_qa(p)
+        load_questions(p)
     p.write_text('{"question": "  ", "answer": "x"}\n')
     with pytest.raises(UserError, match=r"q.jsonl:1: 'question' must be a non-empty string"):
-        read_qa(p)
-    p.write_text('{"question": "a?", "answer": "x"}\n')
-    assert read_qa(p)[0].answers == ["x"]
+        load_questions(p)
+    p.write_text('{"question": " a? ", "answer": "x"}\n')
+    assert load_questions(p)[0].answers == ["x"] and load_questions(p)[0].question == "a?"
 
 
 def test_subset_names():
-    qas = read_qa.__globals__["QA"]
-    assert subset_names(qas("q", ["a"], {"hops": 2, "popularity": "popular"}), "wiki") == ["wiki", "wiki_2hop"]
-    assert subset_names(qas("q", ["a"], {"hops": 1, "popularity": "longtail"}), "wiki") == ["wiki", "wiki_longtail"]
-    assert subset_names(qas("q", ["a"], {}), "nq") == ["nq"]
+    def q(row):
+        return Question("q", ["a"], row=row)
+
+    assert subset_names(q({"hops": 2, "popularity": "popular"}), "wiki") == ["wiki", "wiki_2hop"]
+    assert subset_names(q({"hops": 1, "popularity": "longtail"}), "wiki") == ["wiki", "wiki_longtail"]
+    assert subset_names(q({}), "nq") == ["nq"]
 
 
 CLI = [sys.executable, "-m", "kinject.cli"]
@@ -170,5 +173,5 @@ def test_synth_cli_end_to_end_and_bad_input(mini_world, tiny_model_dir, tmp_path
     out2 = tmp_path / "synth2"
     res = subprocess.run([*common, f"questions=[{bad}]", f"out={out2}"], capture_output=True, text=True, timeout=300)
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert res.returncode == 2 and lines == [f"error: {bad}:2: missing field(s) 'answer'"]
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {bad}:2: missing answers")
     assert not out2.exists()

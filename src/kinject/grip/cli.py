@@ -14,16 +14,6 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides", show_default=False)]
 
 
-def _print_results(rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("method", "dataset", "split", "metric", "value", "n")
-    for r in rows:
-        table.add_row(r["method"], r["dataset"], r["split"], r["metric"], f"{r['value']:.4f}", str(r["n"]))
-    Console().print(table)
-
-
 @grip_app.command("synth")
 def synth_cmd(config: ConfigOpt,
               out: Annotated[Path | None, typer.Option("--out", help="output directory (default: config's out)")] = None,
@@ -79,11 +69,12 @@ def eval_cmd(config: ConfigOpt,
              overrides: Overrides = None) -> None:
     """Evaluate the agent (and, with base_model, the closed-book base and RAG); writes results.jsonl."""
     from kinject.config import load_config
+    from kinject.eval.results import print_results
     from kinject.grip.config import GripEvalConfig
     from kinject.grip.evaluate import grip_eval
 
     cfg = load_config(config, overrides or [], expect=GripEvalConfig)
-    _print_results(grip_eval(cfg, data, out))
+    print_results(grip_eval(cfg, data, out), title=f"grip eval -> {out}")
 
 
 @grip_app.command("bench")

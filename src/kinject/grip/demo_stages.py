@@ -7,14 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from kinject.demo import DemoContext, stage
+from kinject.eval.results import ResultRow
 from kinject.resources import shipped
 
 CONFIGS = shipped("configs/grip")
 
 
-def _value(rows: list[dict], method: str, dataset: str, metric: str) -> float | None:
-    return next((round(r["value"], 3) for r in rows
-                 if (r["method"], r["dataset"], r["metric"]) == (method, dataset, metric)), None)
+def _value(rows: list[ResultRow], method: str, dataset: str, metric: str) -> float | None:
+    return next((round(r.value, 3) for r in rows if (r.method, r.dataset, r.metric) == (method, dataset, metric)), None)
 
 
 @stage("grip", order=80, help="GRIP: pattern A-D synthesis, SFT, agent eval vs base and RAG k=3", lane="side")

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from kinject.eval.data import Question, load_questions
 from kinject.eval.metrics import ANSWER_METRICS
+from kinject.eval.results import ResultRow, metric_rows
 from kinject.grip.agent import AgentSettings, Episode, GripAgent
-from kinject.grip.data import QA, read_qa, subset_names
+from kinject.grip.data import subset_names
 
 WANTED_METRICS = ("em", "f1", "cover_em", "rouge")
 
@@ -46,9 +48,9 @@ def load_agent(cfg, retriever):
     return GripAgent.from_model(model, tok, retriever, settings_of(cfg)), model, tok
 
 
-def score_rows(method: str, qas: Sequence[QA], predictions: Sequence[str], dataset: str, split: str,
-               retrievals: Sequence[int] | None = None) -> list[dict]:
-    """One row per (subset, metric): the results.jsonl schema."""
+def subset_rows(method: str, qas: Sequence[Question], scores: Mapping[str, Sequence[float]], dataset: str,
+                split: str, ndigits: int | None = None) -> list[ResultRow]:
+    """The mean of each per-question score on `dataset` and on each of its world subsets."""
     subsets: dict[str, list[int]] = {}
     for i, qa in enumerate(qas):
         for name in subset_names(qa, dataset):
@@ -56,17 +58,22 @@ def score_rows(method: str, qas: Sequence[QA], predictions: Sequence[str], datas
     rows = []
     for name in sorted(subsets, key=lambda s: (s != dataset, s)):
         idx = subsets[name]
-        for m in answer_metrics():
-            vals = [ANSWER_METRICS[m](predictions[i], qas[i].answers) for i in idx]
-            rows.append({"method": method, "dataset": name, "split": split, "metric": m,
-                         "value": statistics.fmean(vals), "n": len(idx)})
-        if retrievals is not None:
-            rows.append({"method": method, "dataset": name, "split": split, "metric": "avg_retrievals",
-                         "value": statistics.fmean(retrievals[i] for i in idx), "n": len(idx)})
+        means = {m: statistics.fmean(vals[i] for i in idx) for m, vals in scores.items()}
+        rows += metric_rows(method, name, split, means, len(idx), ndigits)
     return rows
 
 
-def run_baselines(cfg, qas: Sequence[QA], retriever) -> tuple[list[dict], list[dict]]:
+def score_rows(method: str, qas: Sequence[Question], predictions: Sequence[str], dataset: str, split: str,
+               retrievals: Sequence[int] | None = None) -> list[ResultRow]:
+    """One row per (subset, metric): the answer metrics, then `avg_retrievals` when given."""
+    scores = {m: [ANSWER_METRICS[m](p, qa.answers) for p, qa in zip(predictions, qas, strict=True)]
+              for m in answer_metrics()}
+    if retrievals is not None:
+        scores["avg_retrievals"] = list(retrievals)
+    return subset_rows(method, qas, scores, dataset, split)
+
+
+def run_baselines(cfg, qas: Sequence[Question], retriever) -> tuple[list[ResultRow], list[dict]]:
     """Closed-book base and RAG k on the same questions (the GRIP paper's comparison)."""
     from kinject.generation import generate_texts
     from kinject.models import load_causal_lm
@@ -93,19 +100,18 @@ def run_baselines(cfg, qas: Sequence[QA], retriever) -> tuple[list[dict], list[d
     return rows, pred_rows
 
 
-def episode_row(qa: QA, ep: Episode) -> dict:
+def episode_row(qa: Question, ep: Episode) -> dict:
     row = ep.to_json()
     row.update({"method": "grip", "answer": qa.answers,
                 **{k: qa.row[k] for k in ("hops", "popularity") if k in qa.row}})
     return row
 
 
-def grip_eval(cfg, data: str | Path | None, out: str | Path) -> list[dict]:
-    import json
-
+def grip_eval(cfg, data: str | Path | None, out: str | Path) -> list[ResultRow]:
     import torch
 
     from kinject.errors import UserError
+    from kinject.eval.results import read_results, write_results
     from kinject.io import atomic_dir, write_jsonl_atomic
     from kinject.retrieval.base import open_index
     from kinject.runs import RunRecorder, inputs_hash, is_complete
@@ -114,13 +120,13 @@ def grip_eval(cfg, data: str | Path | None, out: str | Path) -> list[dict]:
     if not data:
         raise UserError("grip eval: give the questions with --data FILE (or `data:` in the config)")
     out = Path(out)
-    qas = read_qa(data, cfg.limit)
+    qas = load_questions(data, limit=cfg.limit or None)
     files = [Path(data), Path(cfg.index) / "kinject-index.json", Path(cfg.model) / "config.json"]
     if cfg.base_model:
         files.append(Path(cfg.base_model) / "config.json")
     h = inputs_hash({"cfg": cfg.model_dump(mode="json"), "data": str(data)}, *files)
     if is_complete(out, h) and (out / "results.jsonl").is_file():
-        return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line]
+        return read_results(out)
     torch.set_num_threads(cfg.threads)
     rec = RunRecorder(out, "grip eval", cfg, cfg.seed)
     with open_index(cfg.index, cfg.backend) as retriever:
@@ -138,12 +144,12 @@ def grip_eval(cfg, data: str | Path | None, out: str | Path) -> list[dict]:
                 b_rows, b_preds = run_baselines(cfg, qas, retriever)
             results += b_rows
             preds += b_preds
-    rec.metrics = {f"{r['method']}/{r['dataset']}/{r['metric']}": r["value"] for r in results}
+    rec.metrics = {f"{r.method}/{r.dataset}/{r.metric}": r.value for r in results}
     rec.metrics["grip/questions_per_s"] = len(qas) / max(elapsed, 1e-9)
     rec.extra["metrics_missing"] = [m for m in WANTED_METRICS if m not in answer_metrics()]
     rec.extra["empty_retrievals"] = sum(s.empty_retrieval for e in episodes for s in e.steps)
     with atomic_dir(out) as tmp:
-        write_jsonl_atomic(tmp / "results.jsonl", results)
+        write_results(tmp / "results.jsonl", results, append=False)
         write_jsonl_atomic(tmp / "predictions.jsonl", preds)
         rec.write(tmp, inputs_hash=h)
     return results
@@ -161,7 +167,7 @@ def grip_bench(cfg, data: str | Path | None, out: str | Path, n: int = 64) -> di
     if not data:
         raise UserError("grip bench: give the questions with --data FILE")
     torch.set_num_threads(cfg.threads)
-    qs = [q.question for q in read_qa(data, n)]
+    qs = [q.question for q in load_questions(data, limit=n)]
     res: dict = {"command": "kinject grip bench", "questions": len(qs), "threads": cfg.threads,
                  "batch_size": cfg.agent.batch_size}
     with open_index(cfg.index, cfg.backend) as retriever:

@@ -15,9 +15,9 @@ def rl_command(
 ) -> None:
     """DAPO on the GRIP SFT checkpoint with retrieval in the loop; writes curves and results.jsonl."""
     from rich.console import Console
-    from rich.table import Table
 
     from kinject.config import load_config
+    from kinject.eval.results import print_results, read_results
     from kinject.grip.rl_config import GripRLConfig
     from kinject.grip.rl_train import run_grip_rl
 
@@ -31,10 +31,7 @@ def rl_command(
     console.print(f"{m['steps']} steps, {m['wall_s_per_step']} s/step, groups filtered "
                   f"{m['share_groups_filtered']:.2f}, retrievals/episode {m['retrievals_per_episode']:.2f} -> {out}")
     if m["results"]:
-        table = Table("method", "dataset", "split", "metric", "value", "n")
-        for r in m["results"]:
-            table.add_row(r["method"], r["dataset"], r["split"], r["metric"], f"{r['value']:.4f}", str(r["n"]))
-        console.print(table)
+        print_results(read_results(out))
 
 
 def register(app: typer.Typer) -> None:

@@ -8,12 +8,13 @@ same questions; rows follow the one `results.jsonl` schema.
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
+from kinject.eval.data import load_questions
 from kinject.eval.metrics import ANSWER_METRICS
+from kinject.eval.results import ResultRow
 from kinject.grip.agent import AgentSettings, GripAgent, SearchBackend
-from kinject.io import read_jsonl
+from kinject.grip.evaluate import subset_rows
 
 METRICS = ("em", "f1", "cover_em")
 
@@ -24,34 +25,19 @@ def dataset_and_split(path: str | Path) -> tuple[str, str]:
     return p.parent.name, p.stem.removeprefix("qa_")
 
 
-def subsets(row: dict, dataset: str) -> list[str]:
-    """The whole file, plus the world subset of the row: `_2hop` (multi-hop) or by popularity."""
-    names = [dataset]
-    hops = row.get("hops")
-    if isinstance(hops, int) and hops >= 2:
-        names.append(f"{dataset}_2hop")
-    elif row.get("popularity") in ("popular", "longtail"):
-        names.append(f"{dataset}_{row['popularity']}")
-    return names
-
-
 def evaluate_agent(model, tokenizer, retriever: SearchBackend, qa_file: str | Path, method: str,
-                   settings: AgentSettings, max_examples: int | None = None) -> tuple[list[dict], list[dict]]:
+                   settings: AgentSettings, max_examples: int | None = None) -> tuple[list[ResultRow], list[dict]]:
     """-> (results rows, per-question predictions)."""
-    records = read_jsonl(qa_file, required=["question", "answer"])[: max_examples or None]
+    qas = load_questions(qa_file, limit=max_examples or None)
     agent = GripAgent.from_model(model, tokenizer, retriever, settings)
-    episodes = agent.run([r["question"] for r in records])
+    episodes = agent.run([q.question for q in qas])
     dataset, split = dataset_and_split(qa_file)
-    groups: dict[str, list[dict]] = {}
+    scores: dict[str, list[float]] = {m: [] for m in (*METRICS, "avg_retrievals")}
     preds = []
-    for rec, ep in zip(records, episodes, strict=True):
-        golds = rec["answer"] if isinstance(rec["answer"], list) else [rec["answer"]]
-        scores = {m: ANSWER_METRICS[m](ep.answer, golds) for m in METRICS}
-        scores["avg_retrievals"] = float(ep.n_retrievals)
-        preds.append({**ep.to_json(), "golds": golds, **scores, "method": method})
-        for name in subsets(rec, dataset):
-            groups.setdefault(name, []).append(scores)
-    rows = [{"method": method, "dataset": name, "split": split, "metric": m,
-             "value": round(statistics.fmean(s[m] for s in groups[name]), 4), "n": len(groups[name])}
-            for name in sorted(groups, key=lambda s: (s != dataset, s)) for m in (*METRICS, "avg_retrievals")]
-    return rows, preds
+    for qa, ep in zip(qas, episodes, strict=True):
+        one = {m: ANSWER_METRICS[m](ep.answer, qa.answers) for m in METRICS}
+        one["avg_retrievals"] = float(ep.n_retrievals)
+        preds.append({**ep.to_json(), "golds": qa.answers, **one, "method": method})
+        for m, v in one.items():
+            scores[m].append(v)
+    return subset_rows(method, qas, scores, dataset, split, ndigits=4), preds

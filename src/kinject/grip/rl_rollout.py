@@ -28,7 +28,7 @@ from kinject.grip.agent import (
     check_control_tokens,
 )
 from kinject.grip.format import SOLVED, parse_turn, round_messages
-from kinject.io import iter_jsonl
+from kinject.io import iter_jsonl_numbered
 from kinject.prompts import render
 from kinject.tokenizer import stop_token_ids
 
@@ -165,11 +165,13 @@ class RLData:
 def load_rl_records(path: str, reward: str, max_examples: int | None = None) -> RLData:
     """Imitation: {question, target|reference|output, intermediary?, references?}; outcome:
     {question, answer: [..] | str}. Unparseable reference turns are skipped and counted."""
+    from kinject.eval.data import gold_answers
     from kinject.grip.reward import reference_is_valid
 
+    # outcome: `answer` is required, so a synthesized file's `output` turn is never read as gold
     required = ["question"] if reward == "imitation" else ["question", "answer"]
     records, skipped = [], 0
-    for rec in iter_jsonl(path, required=required):
+    for lineno, rec in iter_jsonl_numbered(path, required=required):
         if reward == "imitation":
             ref = next((rec[k] for k in ("target", "reference", "output") if k in rec), None)
             if not isinstance(ref, str) or not reference_is_valid(ref):
@@ -180,8 +182,7 @@ def load_rl_records(path: str, reward: str, max_examples: int | None = None) -> 
                             "intermediary": rec.get("intermediary") or "",
                             "references": [refs] if isinstance(refs, str) else list(refs)})
         else:
-            golds = rec["answer"] if isinstance(rec["answer"], list) else [rec["answer"]]
-            records.append({"question": rec["question"], "golds": [str(g) for g in golds]})
+            records.append({"question": rec["question"], "golds": gold_answers(rec, f"{path}:{lineno}")})
         if max_examples and len(records) >= max_examples:
             break
     if not records:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from kinject.errors import UserError
+from kinject.eval.results import ResultRow
 from kinject.grip.rl_config import GripRLConfig
 
 CHECKPOINTS = "checkpoints"
@@ -51,8 +52,7 @@ def run_grip_rl(cfg: GripRLConfig, out: str | Path, force: bool = False) -> dict
 
     out = Path(out)
     validate(cfg)
-    files = [cfg.data.train, *cfg.eval.files]
-    h = inputs_hash(cfg, *[f for f in files if Path(f).is_file()])
+    h = inputs_hash(cfg, cfg.model, cfg.data.train, *cfg.eval.files)
     if not force and is_complete(out, h):
         return {"skipped": True, "out": str(out)}
     torch.set_num_threads(cfg.threads)
@@ -77,7 +77,7 @@ def run_grip_rl(cfg: GripRLConfig, out: str | Path, force: bool = False) -> dict
     rec.extra["train_records"] = len(data.records)
     settings = AgentSettings(max_rounds=cfg.rollout.max_rounds, top_k=cfg.retrieval.top_k,
                              max_new_tokens=cfg.rollout.max_new_tokens, first_query=cfg.rollout.first_query)
-    rows: list[dict] = []
+    rows: list[ResultRow] = []
     preds: dict[str, list[dict]] = {}
     if cfg.eval.files and cfg.eval.include_start:
         with rec.timer("eval_sft"):
@@ -112,7 +112,7 @@ def run_grip_rl(cfg: GripRLConfig, out: str | Path, force: bool = False) -> dict
         "retrievals_per_episode": round(totals["retrievals"] / max(1, totals["episodes"]), 4),
         "first_step_reward": step_rows[0]["reward"] if step_rows else None,
         "last_step_reward": step_rows[-1]["reward"] if step_rows else None,
-        "results": rows,
+        "results": [r.model_dump() for r in rows],
     })
     rec.write(inputs_hash=h)
     return {"skipped": False, "out": str(out), "metrics": rec.metrics}
@@ -132,12 +132,13 @@ def _evaluate(model, tok, retriever, cfg: GripRLConfig, settings, method: str, r
         preds["__".join((method, *dataset_and_split(f)))] = p
 
 
-def _write_results(out: Path, rows: list[dict], preds: dict[str, list[dict]]) -> None:
+def _write_results(out: Path, rows: list[ResultRow], preds: dict[str, list[dict]]) -> None:
+    from kinject.eval.results import write_results
     from kinject.io import write_jsonl_atomic
 
     for name, p in preds.items():
         write_jsonl_atomic(out / "predictions" / f"{name}.jsonl", p)
-    write_jsonl_atomic(out / "results.jsonl", rows)
+    write_results(out / "results.jsonl", rows, append=False)
 
 
 def grpo_args(cfg: GripRLConfig, out: Path):

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kinject.errors import UserError
+from kinject.eval.data import Question, load_questions
 from kinject.eval.metrics import cover_em, exact_match, has_answer
-from kinject.grip.data import QA, read_qa
 from kinject.grip.format import clean_query, final_turn, plan_turn, round_messages
 from kinject.grip.rewriters import RewriteItem, make_rewriter
 
@@ -38,7 +38,7 @@ CLASSES = ("A", "B", "C", "D")
 @dataclass
 class Example:
     cls: str
-    qa: QA
+    qa: Question
     prediction: str
     intermediary: str
     references: list[str]
@@ -95,13 +95,13 @@ def classify(prediction: str, golds: Sequence[str]) -> str:
     return "C"
 
 
-def build_examples(qas: Sequence[QA], predictions: Sequence[str], search, rewriter,
+def build_examples(qas: Sequence[Question], predictions: Sequence[str], search, rewriter,
                    wrong_as_b: bool = True) -> tuple[list[Example], Counter]:
     """All rows for the questions; `search(queries) -> [[Hit]]` (cleaned queries, top-k)."""
     stats: Counter = Counter()
     rows: list[Example] = []
     hits = search([clean_query(q.question) or q.question for q in qas])
-    to_rewrite: list[tuple[QA, str, list]] = []
+    to_rewrite: list[tuple[Question, str, list]] = []
     for qa, pred, hs in zip(qas, predictions, hits, strict=True):
         cls = classify(pred, qa.answers)
         stats[f"closed_book_{cls}"] += 1
@@ -117,7 +117,7 @@ def build_examples(qas: Sequence[QA], predictions: Sequence[str], search, rewrit
             to_rewrite.append((qa, pred, hs))
     items = [RewriteItem(qa.question, qa.answers, pred, [h.text for h in hs], qa.row) for qa, pred, hs in to_rewrite]
     written = rewriter(items) if items else []
-    follow: list[tuple[QA, str]] = []
+    follow: list[tuple[Question, str]] = []
     for (qa, pred, hs), res in zip(to_rewrite, written, strict=True):
         if res is None:
             stats["C_unwritable"] += 1
@@ -168,10 +168,10 @@ def synthesize(cfg, out: str | Path | None = None) -> dict:
     if not cfg.questions:
         raise UserError("grip synth: `questions` lists no file")
     files = [Path(f) for f in cfg.questions]
-    qas = [qa for f in files for qa in read_qa(f)]
+    qas = [qa for f in files for qa in load_questions(f)]
     if cfg.limit:
         qas = qas[: cfg.limit]
-    h = inputs_hash(cfg, *files, Path(cfg.index) / "kinject-index.json", Path(cfg.model) / "config.json")
+    h = inputs_hash(cfg, *files, Path(cfg.index) / "kinject-index.json", cfg.model)
     if is_complete(out, h):
         return json.loads((out / "manifest.json").read_text())["metrics"]
     import torch
