@@ -255,9 +255,9 @@ def test_sft_learns_answers_and_ask_prints_them(tiny_model_dir, domain, tmp_path
     m = json.loads((out / "manifest.json").read_text())
     assert m["instruction"] == INSTRUCTION and m["metrics"]["best_val_loss"] < 0.1
     res = evaluate_files(out, {"train": data}, tmp_path / "ev")
-    em = next(r for r in res if r["metric"] == "em")
-    assert em == {"method": "expert", "dataset": "materials", "split": "train", "metric": "em",
-                  "value": 1.0, "n": 4}
+    em = next(r for r in res if r.metric == "em")
+    assert em.model_dump() == {"method": "expert", "dataset": "materials", "split": "train", "metric": "em",
+                               "value": 1.0, "n": 4}
     assert len((tmp_path / "ev" / "results.jsonl").read_text().splitlines()) == 3
     cli = subprocess.run([sys.executable, "-m", "kinject.cli", "expert", "ask", "--model", str(out), rows[0]["input"]],
                          capture_output=True, text=True, timeout=120)

@@ -75,6 +75,7 @@ def evaluate(
 ) -> None:
     """EM, F1 and has_answer of the expert's greedy answers on QA files."""
     from kinject.errors import UserError
+    from kinject.eval.results import print_results
     from kinject.expert.evaluate import evaluate_files
 
     files = {}
@@ -84,8 +85,7 @@ def evaluate(
         split, path = item.split("=", 1)
         files[split] = path
     _threads()
-    for r in evaluate_files(model, files, out, method=method, limit=limit):
-        typer.echo(f"{r['dataset']}\t{r['split']}\t{r['metric']}\t{r['value']:.4f}\tn={r['n']}")
+    print_results(evaluate_files(model, files, out, method=method, limit=limit), title=f"expert eval -> {out}")
 
 
 def register(app: typer.Typer) -> None:

@@ -67,10 +67,10 @@ def expert_stage(ctx: DemoContext, out: Path) -> None:
             files = {s: ddir / f"qa_{s}.jsonl" for s in ("dev", "dev_para")}
             with rec.timer(f"eval_{domain}"):
                 rows += evaluate_files(model, files, eval_dir / domain, limit=QUICK_EVAL_LIMIT if ctx.quick else None)
-        rec.metrics = {f"{r['dataset']}/{r['split']}/{r['metric']}": r["value"] for r in rows}
-        from kinject.io import write_jsonl_atomic
+        rec.metrics = {f"{r.dataset}/{r.split}/{r.metric}": r.value for r in rows}
+        from kinject.eval.results import write_results
 
-        write_jsonl_atomic(eval_dir / "results.jsonl", rows)
+        write_results(eval_dir / "results.jsonl", rows, append=False)
         rec.write(inputs_hash=h)
     import json
 

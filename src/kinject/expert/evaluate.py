@@ -8,11 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kinject.errors import UserError
+from kinject.eval.data import Question
 from kinject.eval.metrics import ANSWER_METRICS
+from kinject.eval.results import ResultRow
 from kinject.io import write_jsonl_atomic
 from kinject.prompts import expert_messages
 
-METRICS = {k: ANSWER_METRICS[k] for k in ("em", "f1", "has_answer")}
+METRICS = ("em", "f1", "has_answer")
 
 
 def expert_prompt(tokenizer, instruction: str, question: str, enable_thinking: bool | None = False) -> str:
@@ -51,19 +53,12 @@ def answer(model, tok, pairs: Sequence[tuple[str, str]], max_new_tokens: int = 3
     return [g.text for g in generate_texts(model, tok, prompts, max_new_tokens, batch_size)]
 
 
-def score(predictions: Sequence[str], rows: Sequence[dict]) -> dict[str, float]:
+def score(predictions: Sequence[str], questions: Sequence[Question]) -> dict[str, float]:
     out = {}
-    for name, fn in METRICS.items():
-        vals = [fn(p, _golds(r)) for p, r in zip(predictions, rows, strict=True)]
+    for name in METRICS:
+        vals = [ANSWER_METRICS[name](p, q.answers) for p, q in zip(predictions, questions, strict=True)]
         out[name] = sum(vals) / len(vals) if vals else 0.0
     return out
-
-
-def _golds(row: dict) -> list[str]:
-    ans = row.get("answer")
-    if isinstance(ans, list) and ans:
-        return [str(a) for a in ans]
-    return [str(row["output"])]
 
 
 def evaluate_files(
@@ -74,28 +69,31 @@ def evaluate_files(
     max_new_tokens: int = 32,
     batch_size: int = 32,
     limit: int | None = None,
-) -> list[dict]:
-    """Score the expert on each split file; write results.jsonl and predictions per split."""
-    from kinject.io import read_jsonl
+) -> list[ResultRow]:
+    """Score the expert on each split file (Stage II rows: instruction, input, answer or output);
+    write results.jsonl and predictions per split."""
+    from kinject.eval.data import load_questions
+    from kinject.eval.results import metric_rows, write_results
     from kinject.models import load_causal_lm
 
     loaded = {}
     for split, path in files.items():
-        rows = read_jsonl(path, required=["instruction", "input", "output"])
-        loaded[split] = rows[:limit] if limit else rows
+        loaded[split] = load_questions(path, limit=limit or None)
+        no_instruction = next((q for q in loaded[split] if "instruction" not in q.row), None)
+        if no_instruction is not None:
+            raise UserError(f"{path}: question {no_instruction.question!r} has no 'instruction' (the expert is "
+                            "asked with the instruction it was fine-tuned with)")
     model, tok = load_causal_lm(model_dir)
     results, out = [], Path(out)
-    for split, rows in loaded.items():
-        preds = answer(model, tok, [(r["instruction"], r["input"]) for r in rows], max_new_tokens, batch_size)
-        dataset = rows[0].get("domain") or Path(files[split]).parent.name
-        for metric, value in score(preds, rows).items():
-            results.append({"method": method, "dataset": dataset, "split": split, "metric": metric,
-                            "value": round(value, 4), "n": len(rows)})
+    for split, qs in loaded.items():
+        preds = answer(model, tok, [(q.row["instruction"], q.question) for q in qs], max_new_tokens, batch_size)
+        dataset = qs[0].row.get("domain") or Path(files[split]).parent.name
+        results += metric_rows(method, dataset, split, score(preds, qs), len(qs), ndigits=4)
         write_jsonl_atomic(out / "predictions" / f"{method}__{dataset}__{split}.jsonl", (
-            {"id": r.get("id"), "question": r["input"], "prediction": p, "answer": _golds(r)}
-            for r, p in zip(rows, preds, strict=True)
+            {"id": q.id, "question": q.question, "prediction": p, "answer": q.answers}
+            for q, p in zip(qs, preds, strict=True)
         ))
     if not results:
         raise UserError("no QA files to evaluate")
-    write_jsonl_atomic(out / "results.jsonl", results)
+    write_results(out / "results.jsonl", results, append=False)
     return results
