@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from kinject.eval.results import ResultRow
 from kinject.gag.ablations import GagAblationConfig, markdown_table, run_ablations
 from kinject.gag.injector import Injector
 from kinject.memory.store import MemoryStore, StoreMeta
@@ -80,7 +81,7 @@ def test_ablate_writes_variant_rows_and_table_and_skips_when_complete(tmp_path, 
 
 
 def test_markdown_table_methods_by_dataset():
-    rows = [{"method": m, "dataset": d, "split": "dev", "metric": "em", "value": v, "n": 180}
+    rows = [ResultRow(method=m, dataset=d, split="dev", metric="em", value=v, n=180)
             for m, d, v in [("gag", "materials", 0.5), ("gag", "adjuvant", 0.25), ("gag_slots1", "materials", 0.125)]]
     t = markdown_table(rows)
     assert "| method | materials | adjuvant |" in t

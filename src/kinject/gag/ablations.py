@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import Field
 
 from kinject.config import StageConfig, StrictModel, register_config
+from kinject.eval.results import ResultRow
 from kinject.resources import shipped
 
 
@@ -64,9 +65,10 @@ def memory_dirs(cfg: GagAblationConfig, domain: str, slots: int) -> tuple[Path, 
     return store, align
 
 
-def run_variant(cfg: GagAblationConfig, domain: str, name: str, variant: Variant, say=print) -> list[dict]:
+def run_variant(cfg: GagAblationConfig, domain: str, name: str, variant: Variant, say=print) -> list[ResultRow]:
     """Train (or reuse) one injector and score it; returns its results rows."""
     from kinject.config import load_config
+    from kinject.eval.results import read_results, write_results
     from kinject.gag.config import Stage3Config
     from kinject.gag.evaluate import evaluate_gag
     from kinject.gag.trainer import Stage3Trainer
@@ -89,7 +91,7 @@ def run_variant(cfg: GagAblationConfig, domain: str, name: str, variant: Variant
                     *sorted(base.glob("*.safetensors")))
     if is_complete(run_dir, h):
         say(f"{domain} {name}: complete, reusing {run_dir}")
-        return list(read_jsonl(run_dir / "eval" / "results.jsonl"))
+        return read_results(run_dir / "eval" / "results.jsonl")
     fresh_or_resume(run_dir, h)
     say(f"{domain} {name}: training ({variant.slots} slots, overrides {cfg.stage3_overrides + variant.overrides})")
     rec = RunRecorder(run_dir, "gag ablate", s3, s3.seed)
@@ -102,33 +104,33 @@ def run_variant(cfg: GagAblationConfig, domain: str, name: str, variant: Variant
             dataset = domain if split == "dev" else f"{domain}_{split.removeprefix('dev_')}"
             res = evaluate_gag(trainer.injector.eval(), trainer.base, MemoryStore(mem),
                                read_jsonl(ddir / f"qa_{split}.jsonl"), dataset, split)
-            for r in res["results"]:  # gag -> the variant's name, gag_zero_memory -> <variant>_zero_memory
-                r["method"] = name + r["method"].removeprefix("gag")
-            rows += res["results"]
+            # gag -> the variant's name, gag_zero_memory -> <variant>_zero_memory
+            rows += [r.model_copy(update={"method": name + r.method.removeprefix("gag")}) for r in res["results"]]
             rec.metrics[f"{split}/foreign_value_rate"] = res["foreign_value_rate"]
             write_jsonl_atomic(run_dir / "eval" / f"predictions_{split}.jsonl", res["predictions"])
-    write_jsonl_atomic(run_dir / "eval" / "results.jsonl", rows)
-    rec.metrics.update({f"{r['dataset']}/{r['method']}/{r['metric']}": r["value"] for r in rows})
+    write_results(run_dir / "eval" / "results.jsonl", rows, append=False)
+    rec.metrics.update({f"{r.dataset}/{r.method}/{r.metric}": r.value for r in rows})
     rec.write(inputs_hash=h)
     return rows
 
 
-def markdown_table(rows: list[dict], metric: str = "em") -> str:
+def markdown_table(rows: list[ResultRow], metric: str = "em") -> str:
     """Methods as rows, datasets as columns (`metric`, with n)."""
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    val = {(r["method"], r["dataset"]): r for r in rows if r["metric"] == metric}
+    datasets = list(dict.fromkeys(r.dataset for r in rows))
+    methods = list(dict.fromkeys(r.method for r in rows))
+    val = {(r.method, r.dataset): r for r in rows if r.metric == metric}
     head = f"| method | {' | '.join(datasets)} |\n|---|{'---|' * len(datasets)}\n"
     lines = []
     for m in methods:
-        cells = [f"{val[m, d]['value']:.3f}" if (m, d) in val else "-" for d in datasets]
+        cells = [f"{val[m, d].value:.3f}" if (m, d) in val else "-" for d in datasets]
         lines.append(f"| {m} | {' | '.join(cells)} |")
-    ns = sorted({r["n"] for r in rows})
+    ns = sorted({r.n for r in rows})
     return f"{metric.upper()} (n = {', '.join(map(str, ns))} per dataset)\n\n" + head + "\n".join(lines) + "\n"
 
 
-def run_ablations(cfg: GagAblationConfig, say=print) -> list[dict]:
-    from kinject.io import require_dir, write_jsonl_atomic, write_text_atomic
+def run_ablations(cfg: GagAblationConfig, say=print) -> list[ResultRow]:
+    from kinject.eval.results import write_results
+    from kinject.io import require_dir, write_text_atomic
 
     # the inputs every run reads, checked before any run starts writing
     require_dir(cfg.world, "world (ablation config key `world`)")
@@ -139,9 +141,9 @@ def run_ablations(cfg: GagAblationConfig, say=print) -> list[dict]:
     for name, variant in cfg.variants.items():  # variant-major: the reference `gag` rows come first
         for domain in cfg.domains:
             rows += run_variant(cfg, domain, name, variant, say)
-    rows.sort(key=lambda r: cfg.domains.index(r["dataset"].split("_")[0]) if r["dataset"].split("_")[0] in cfg.domains
+    rows.sort(key=lambda r: cfg.domains.index(r.dataset.split("_")[0]) if r.dataset.split("_")[0] in cfg.domains
               else len(cfg.domains))
     out = Path(cfg.out)
-    write_jsonl_atomic(out / "results.jsonl", rows)
+    write_results(out / "results.jsonl", rows, append=False)
     write_text_atomic(out / "table.md", markdown_table(rows, "em") + "\n" + markdown_table(rows, "f1"))
     return rows

@@ -79,6 +79,7 @@ def eval_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
 ) -> None:
     """Score GAG with precomputed memories (EM, F1, has_answer) and the slot controls."""
+    from kinject.eval.results import print_results, write_results
     from kinject.gag.base import InjectedBase
     from kinject.gag.evaluate import evaluate_gag
     from kinject.gag.injector import Injector
@@ -96,13 +97,12 @@ def eval_cmd(
                                         "data": str(data), "dataset": dataset, "split": split})
     with rec.timer("eval"):
         res = evaluate_gag(inj, ib, store, read_jsonl(data), dataset, split, controls, batch_size, max_new_tokens)
-    write_jsonl_atomic(out / "results.jsonl", res["results"])
+    write_results(out / "results.jsonl", res["results"], append=False)
     write_jsonl_atomic(out / "predictions.jsonl", res["predictions"])
-    rec.metrics = {f"{r['method']}/{r['metric']}": r["value"] for r in res["results"]}
+    rec.metrics = {f"{r.method}/{r.metric}": r.value for r in res["results"]}
     rec.metrics["foreign_value_rate"] = res["foreign_value_rate"]
     rec.write()
-    for r in res["results"]:
-        typer.echo(f"{r['method']:<20} {r['dataset']:<12} {r['split']:<9} {r['metric']:<11} {r['value']:.4f}  n={r['n']}")
+    print_results(res["results"])
     if res["foreign_value_rate"] is not None:
         typer.echo(f"foreign memories: answer = the other question's value in {res['foreign_value_rate']:.2%}")
 

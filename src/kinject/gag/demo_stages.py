@@ -42,6 +42,7 @@ def train_and_score(cfg, inputs_hash: str, command: str, eval_sets: Callable[[],
     `<out>/eval/results.jsonl` and predictions. Returns the run dir."""
     import torch
 
+    from kinject.eval.results import write_results
     from kinject.gag.evaluate import evaluate_gag
     from kinject.gag.trainer import Stage3Trainer
     from kinject.io import write_jsonl_atomic
@@ -66,8 +67,8 @@ def train_and_score(cfg, inputs_hash: str, command: str, eval_sets: Callable[[],
             write_jsonl_atomic(run_dir / "eval" / f"predictions_{es.key}.jsonl", res["predictions"])
             if res["foreign_value_rate"] is not None:
                 rec.metrics[f"{es.key}/foreign_value_rate"] = res["foreign_value_rate"]
-    write_jsonl_atomic(run_dir / "eval" / "results.jsonl", rows)
-    rec.metrics.update({f"{r['dataset']}/{r['split']}/{r['method']}/{r['metric']}": r["value"] for r in rows})
+    write_results(run_dir / "eval" / "results.jsonl", rows, append=False)
+    rec.metrics.update({f"{r.dataset}/{r.split}/{r.method}/{r.metric}": r.value for r in rows})
     rec.write(inputs_hash=inputs_hash)
     return run_dir
 
@@ -105,17 +106,17 @@ def train_domain_injector(domain: str, world: Path, base: Path, mem: Path, amem:
 @stage("gag", order=70, help="GAG Stage III (alignment + domain) on the frozen base, scored on dev")
 def gag_stage(ctx: DemoContext, out: Path) -> None:
     from kinject.demo import run_parallel
-    from kinject.io import read_jsonl, write_jsonl_atomic
+    from kinject.eval.results import read_results, write_results
 
     world, base = Path(ctx.artifacts["world"]), Path(ctx.artifacts["foundation"]) / "base"
     jobs = [(d, world, base, Path(ctx.artifacts[f"memory_{d}"]), Path(ctx.artifacts[f"align_memory_{d}"]), out,
              QUICK if ctx.quick else []) for d in DOMAINS]
     all_rows = []
     for domain, run_dir in zip(DOMAINS, run_parallel(train_domain_injector, jobs)):
-        rows = list(read_jsonl(run_dir / "eval" / "results.jsonl"))
+        rows = read_results(run_dir / "eval" / "results.jsonl")
         all_rows += rows
         ctx.artifacts[f"injector_{domain}"] = run_dir / "injector"
-        em = {(r["dataset"], r["method"]): r["value"] for r in rows if r["metric"] == "em"}
+        em = {(r.dataset, r.method): r.value for r in rows if r.metric == "em"}
         d, dp = domain, f"{domain}_para"
         ctx.summary[f"gag {domain}: dev EM (zeroed / foreign memories)"] = (
             f"{em[(d, 'gag')]:.2f} ({em[(d, 'gag_zero_memory')]:.2f} / {em[(d, 'gag_foreign_memory')]:.2f})")
@@ -123,4 +124,4 @@ def gag_stage(ctx: DemoContext, out: Path) -> None:
         if ("align_fresh", "gag") in em:
             ctx.summary[f"gag {domain}: fresh general facts EM (zeroed)"] = (
                 f"{em[('align_fresh', 'gag')]:.2f} ({em[('align_fresh', 'gag_zero_memory')]:.2f})")
-    write_jsonl_atomic(out / "results.jsonl", all_rows)
+    write_results(out / "results.jsonl", all_rows, append=False)

@@ -12,17 +12,14 @@ from collections.abc import Sequence
 
 import torch
 
+from kinject.eval.data import gold_answers
 from kinject.eval.metrics import exact_match, f1_score, has_answer
+from kinject.eval.results import ResultRow, metric_rows
 from kinject.gag.base import InjectedBase
 from kinject.gag.injector import Injector, memory_batch
 from kinject.memory.store import MemoryStore, item_id, row_question
 
 METRICS = {"em": exact_match, "f1": f1_score, "has_answer": has_answer}
-
-
-def golds_of(row: dict) -> list[str]:
-    ans = row.get("answer", row.get("output"))
-    return [ans] if isinstance(ans, str) else list(ans or [])
 
 
 @torch.no_grad()
@@ -44,37 +41,36 @@ def injected_answers(injector: Injector, base: InjectedBase, store: MemoryStore,
     return out
 
 
-def score(method: str, dataset: str, split: str, preds: Sequence[str], rows: Sequence[dict]) -> list[dict]:
-    golds = [golds_of(r) for r in rows]
-    return [{"method": method, "dataset": dataset, "split": split, "metric": name,
-             "value": round(sum(fn(p, g) for p, g in zip(preds, golds)) / max(len(rows), 1), 4), "n": len(rows)}
-            for name, fn in METRICS.items()]
+def score(method: str, dataset: str, split: str, preds: Sequence[str], golds: Sequence[list[str]]) -> list[ResultRow]:
+    values = {name: sum(fn(p, g) for p, g in zip(preds, golds)) / max(len(golds), 1) for name, fn in METRICS.items()}
+    return metric_rows(method, dataset, split, values, len(golds), ndigits=4)
 
 
 def evaluate_gag(injector: Injector, base: InjectedBase, store: MemoryStore, rows: Sequence[dict], dataset: str,
                  split: str, controls: bool = True, batch_size: int = 32, max_new_tokens: int = 32) -> dict:
-    """-> {"results": [...rows], "predictions": [...], "foreign_value_rate": float | None}."""
+    """-> {"results": [ResultRow...], "predictions": [...], "foreign_value_rate": float | None}."""
     rows = list(rows)
+    golds = [gold_answers(r, f"{dataset} {split}: question {item_id(r)}") for r in rows]
     preds = injected_answers(injector, base, store, rows, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    results = score("gag", dataset, split, preds, rows)
-    predictions = [{"id": item_id(r), "question": row_question(r), "gold": golds_of(r), "gag": p}
-                   for r, p in zip(rows, preds)]
+    results = score("gag", dataset, split, preds, golds)
+    predictions = [{"id": item_id(r), "question": row_question(r), "gold": g, "gag": p}
+                   for r, g, p in zip(rows, golds, preds)]
     foreign_rate = None
     if controls and len(rows) > 1:
         zero = injected_answers(injector, base, store, rows, zero=True, batch_size=batch_size,
                                 max_new_tokens=max_new_tokens)
-        results += score("gag_zero_memory", dataset, split, zero, rows)
+        results += score("gag_zero_memory", dataset, split, zero, golds)
         # each question gets the memory of the next question whose gold answer differs
         ids = [item_id(r) for r in rows]
         other = []
-        for k, r in enumerate(rows):
+        for k in range(len(rows)):
             j = next((j % len(rows) for j in range(k + 1, k + len(rows))
-                      if golds_of(rows[j % len(rows)]) != golds_of(r)), (k + 1) % len(rows))
+                      if golds[j % len(rows)] != golds[k]), (k + 1) % len(rows))
             other.append(j)
         foreign = injected_answers(injector, base, store, rows, [ids[j] for j in other], batch_size=batch_size,
                                    max_new_tokens=max_new_tokens)
-        results += score("gag_foreign_memory", dataset, split, foreign, rows)
-        foreign_rate = round(sum(exact_match(p, golds_of(rows[j])) for p, j in zip(foreign, other)) / len(rows), 4)
+        results += score("gag_foreign_memory", dataset, split, foreign, golds)
+        foreign_rate = round(sum(exact_match(p, golds[j]) for p, j in zip(foreign, other)) / len(rows), 4)
         for p, z, f in zip(predictions, zero, foreign):
             p.update({"zero_memory": z, "foreign_memory": f})
     return {"results": results, "predictions": predictions, "foreign_value_rate": foreign_rate}

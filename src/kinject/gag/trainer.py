@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from kinject.errors import UserError
+from kinject.eval.data import gold_answers
 from kinject.gag.base import InjectedBase
 from kinject.gag.config import PhaseConfig, Stage3Config
 from kinject.gag.injector import Injector, InjectorConfig, memory_batch
@@ -33,14 +34,6 @@ from kinject.memory.store import MemoryStore, item_id, row_question
 
 CKPT_DIR = "checkpoints"
 TERMS = ("loss", "nll", "sem", "div")
-
-
-def answer_text(value, where: str) -> str:
-    if isinstance(value, list):
-        value = value[0] if value else None
-    if not isinstance(value, str) or not value.strip():
-        raise UserError(f"{where}: `answer` must be a non-empty string or list of strings")
-    return value
 
 
 @dataclass
@@ -57,10 +50,8 @@ def load_phase(name: str, cfg: PhaseConfig) -> Phase:
     rows = []
     for k, r in enumerate(read_jsonl(cfg.data), 1):
         where = f"{cfg.data}: record {k}"
-        if "answer" not in r and "output" not in r:
-            raise UserError(f"{where}: no `answer` (or `output`) field")
         rows.append({"id": item_id(r), "question": row_question(r, where),
-                     "answer": answer_text(r["answer"] if "answer" in r else r["output"], where),
+                     "answer": gold_answers(r, where)[0],  # the training target: the first gold answer
                      "instruction": r.get("instruction")})
     rows = rows[: cfg.limit] if cfg.limit else rows
     missing = [r["id"] for r in rows if r["id"] not in store]

@@ -145,7 +145,7 @@ def train_real_injector(domain: str, world: Path, base: Path, mem: Path, amem: P
 
 @real_stage("gag", 20, "GAG Stage III into the frozen real base per private domain; controls on dev")
 def gag_stage(ctx: DemoContext, out: Path) -> None:
-    from kinject.io import read_jsonl, write_jsonl_atomic
+    from kinject.eval.results import read_results, write_results
 
     world, base = Path(ctx.artifacts["world"]), Path(ctx.artifacts["real_base"])
     limit = QUICK["limit"] if ctx.quick else DEV_LIMIT
@@ -153,14 +153,14 @@ def gag_stage(ctx: DemoContext, out: Path) -> None:
              QUICK["gag"] if ctx.quick else [], limit) for d in DOMAINS]
     rows = []
     for domain, run_dir in zip(DOMAINS, run_parallel(train_real_injector, jobs)):
-        got = list(read_jsonl(run_dir / "eval" / "results.jsonl"))
+        got = read_results(run_dir / "eval" / "results.jsonl")
         rows += got
         ctx.artifacts[f"real_injector_{domain}"] = run_dir / "injector"
-        ha = {(r["dataset"], r["method"]): r["value"] for r in got if r["metric"] == "has_answer"}
+        ha = {(r.dataset, r.method): r.value for r in got if r.metric == "has_answer"}
         ctx.summary[f"gag {domain}: dev has_answer (zeroed / foreign memories)"] = (
             f"{ha[(domain, 'gag')]:.2f} ({ha[(domain, 'gag_zero_memory')]:.2f} / "
             f"{ha[(domain, 'gag_foreign_memory')]:.2f})")
-    write_jsonl_atomic(out / "results.jsonl", rows)
+    write_results(out / "results.jsonl", rows, append=False)
 
 
 @real_stage("lora", 25, "LoRA baseline: adapters on the frozen real base per private domain (QA train split)")
