@@ -73,7 +73,7 @@ def test_rag_eval_writes_results(tmp_path, tiny_model_dir, index):
     cfg = load_config(REPO / "configs/retrieval/rag_eval.yaml", [
         f"questions={qfile}", f"index={index}", f"model={tiny_model_dir}", "ks=[1,2]", "max_new_tokens=6",
         "device=cpu"], expect=RagEvalConfig)
-    rows = rag_eval(cfg, tmp_path / "out")
+    rows = [r.model_dump() for r in rag_eval(cfg, tmp_path / "out")]
     lines = [json.loads(x) for x in (tmp_path / "out/results.jsonl").read_text().splitlines()]
     assert lines == rows
     assert {(r["method"], r["metric"]) for r in rows} == {
@@ -94,13 +94,13 @@ def test_rag_eval_writes_results(tmp_path, tiny_model_dir, index):
     assert manifest["status"] == "complete" and "rag_k1/em" in manifest["metrics"]
     # unchanged inputs: the second run reuses the results
     mtime = (tmp_path / "out/results.jsonl").stat().st_mtime_ns
-    assert rag_eval(cfg, tmp_path / "out") == rows
+    assert [r.model_dump() for r in rag_eval(cfg, tmp_path / "out")] == rows
     assert (tmp_path / "out/results.jsonl").stat().st_mtime_ns == mtime
     # filters: 1-hop questions only
     cfg1 = cfg.model_copy(update={"where": {"hops": 1}, "ks": [1]})
     rows1 = rag_eval(cfg1, tmp_path / "out1")
-    assert {r["n"] for r in rows1} == {2}
-    assert [r["value"] for r in rows1 if r["metric"] == "recall@1"] == [1.0]
+    assert {r.n for r in rows1} == {2}
+    assert [r.value for r in rows1 if r.metric == "recall@1"] == [1.0]
 
 
 def test_recall_at_k_counts_chunks_for_their_document():

@@ -132,19 +132,13 @@ def rag_eval_cmd(
     overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides", show_default=False)] = None,
 ) -> None:
     """Evaluate the RAG baseline (methods rag_k{K}); writes results.jsonl, predictions.jsonl, manifest."""
-    from rich.console import Console
-    from rich.table import Table
-
     from kinject.config import load_config
+    from kinject.eval.results import print_results
     from kinject.retrieval.config import RagEvalConfig
     from kinject.retrieval.rag import rag_eval
 
     cfg = load_config(config, overrides or [], expect=RagEvalConfig)
-    rows = rag_eval(cfg, out)
-    table = Table("method", "dataset", "split", "metric", "value", "n")
-    for r in rows:
-        table.add_row(r["method"], r["dataset"], r["split"], r["metric"], f"{r['value']:.4f}", str(r["n"]))
-    Console().print(table)
+    print_results(rag_eval(cfg, out))
 
 
 @bench_app.command("retrieval")

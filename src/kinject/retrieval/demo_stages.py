@@ -67,5 +67,5 @@ def retrieval_stage(ctx: DemoContext, out: Path) -> None:
                         dataset="wiki", limit=100 if ctx.quick else None, device="cpu")
     rows = rag_eval(cfg, out / "rag")
     for r in rows:
-        if r["metric"] in ("recall@3", "em"):
-            ctx.summary[f"retrieval: {r['method']} {r['metric']} (wiki 1-hop test)"] = round(r["value"], 3)
+        if r.metric in ("recall@3", "em"):
+            ctx.summary[f"retrieval: {r.method} {r.metric} (wiki 1-hop test)"] = round(r.value, 3)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kinject.errors import UserError
 from kinject.eval.metrics import ANSWER_METRICS
+from kinject.eval.results import ResultRow, metric_rows, read_results, write_results
 from kinject.prompts import general_messages, knowledge_messages, render
 from kinject.retrieval.base import BaseRetriever, Hit
 
@@ -80,57 +81,35 @@ def recall_at_k(hits: Sequence[Hit], gold_ids: Sequence[str], k: int) -> float:
     return len(gold & found) / len(gold) if gold else 0.0
 
 
-def _golds(row: dict, where: str) -> list[str]:
-    ans = row["answer"]
-    golds = [ans] if isinstance(ans, str) else ans
-    if not isinstance(golds, list) or not golds or not all(isinstance(g, str) for g in golds):
-        raise UserError(f"{where}: 'answer' must be a string or a non-empty list of strings")
-    return golds
-
-
-def rag_eval(cfg, out: Path, progress: bool = True) -> list[dict]:
+def rag_eval(cfg, out: Path, progress: bool = True) -> list[ResultRow]:
     """Run the RAG baseline for each k in `cfg.ks`; write results.jsonl, predictions.jsonl, manifest."""
-    from kinject.io import atomic_dir, read_jsonl, require_file, write_jsonl_atomic
+    from kinject.eval.data import load_questions
+    from kinject.io import atomic_dir, require_file, write_jsonl_atomic
     from kinject.models import load_causal_lm
     from kinject.retrieval.base import open_index
     from kinject.runs import RunRecorder, inputs_hash, is_complete
 
     qpath = require_file(cfg.questions, "questions file")
-    rows = read_jsonl(qpath, required=["question", "answer"])
-    if cfg.where:
-        from kinject.eval.data import check_where, row_matches  # the harness's `where`, one meaning
-
-        check_where(cfg.where, f"{qpath}: where")
-        rows = [r for r in rows if row_matches(r, cfg.where)]
-        if not rows:
-            raise UserError(f"{qpath}: no question matches where={cfg.where}")
-    if cfg.limit:
-        rows = rows[: cfg.limit]
-    questions = []
-    for i, r in enumerate(rows, 1):
-        if not isinstance(r["question"], str) or not r["question"].strip():
-            raise UserError(f"{qpath}: record {i} (after filters) has an empty 'question'")
-        questions.append(r["question"])
-    golds = [_golds(r, f"{qpath}: record {i} (after filters)") for i, r in enumerate(rows, 1)]
+    qas = load_questions(qpath, cfg.where or None, cfg.limit or None)  # `where` and `limit` as in the harness
+    questions, golds = [q.question for q in qas], [q.answers for q in qas]
     dataset = cfg.dataset or qpath.stem
     h = inputs_hash(cfg, qpath, Path(cfg.index) / "kinject-index.json", Path(cfg.model) / "config.json")
     if is_complete(out, h) and (out / "results.jsonl").is_file():
-        return read_jsonl(out / "results.jsonl")
+        return read_results(out)
 
     rec = RunRecorder(out, "rag eval", cfg, cfg.seed)
     with rec.timer("load"):
         model, tok = load_causal_lm(cfg.model, device=cfg.device, dtype=cfg.dtype)
         retriever = open_index(cfg.index, cfg.backend)
     kmax = max(cfg.ks)
-    results: list[dict] = []
+    results: list[ResultRow] = []
     with retriever, rec.timer("retrieve"):
         all_hits = retriever.batch_search(questions, kmax)
-    retrieval_method = f"retrieval_{retriever.name}"
-    with_gold = [(hs, r[cfg.gold_field]) for hs, r in zip(all_hits, rows) if isinstance(r.get(cfg.gold_field), list)]
-    for k in sorted(cfg.ks) if with_gold else []:
-        vals = [recall_at_k(hs, g, k) for hs, g in with_gold]
-        results.append({"method": retrieval_method, "dataset": dataset, "split": cfg.split,
-                        "metric": f"recall@{k}", "value": sum(vals) / len(vals), "n": len(vals)})
+    with_gold = [(hs, q.row[cfg.gold_field]) for hs, q in zip(all_hits, qas) if isinstance(q.row.get(cfg.gold_field), list)]
+    if with_gold:
+        recall = {f"recall@{k}": sum(recall_at_k(hs, g, k) for hs, g in with_gold) / len(with_gold)
+                  for k in sorted(cfg.ks)}
+        results += metric_rows(f"retrieval_{retriever.name}", dataset, cfg.split, recall, len(with_gold))
     closed = [len(tok(render(tok, general_messages(q)), add_special_tokens=False)["input_ids"]) for q in questions]
     preds = []
     for k in sorted(cfg.ks):
@@ -138,19 +117,15 @@ def rag_eval(cfg, out: Path, progress: bool = True) -> list[dict]:
         with rec.timer(f"generate_k{k}"):
             outs = rag_answer(model, tok, retriever, questions, k, cfg.max_new_tokens, cfg.batch_size,
                               cfg.instruction, hits=all_hits, style=cfg.passage_format)
-        for m in METRICS:
-            vals = [ANSWER_METRICS[m](o.answer, g) for o, g in zip(outs, golds)]
-            results.append({"method": method, "dataset": dataset, "split": cfg.split, "metric": m,
-                            "value": sum(vals) / len(vals), "n": len(vals)})
-        added = statistics.fmean(o.n_prompt_tokens - c for o, c in zip(outs, closed))
-        results.append({"method": method, "dataset": dataset, "split": cfg.split,
-                        "metric": "added_prompt_tokens", "value": added, "n": len(outs)})
+        values = {m: sum(ANSWER_METRICS[m](o.answer, g) for o, g in zip(outs, golds)) / len(outs) for m in METRICS}
+        values["added_prompt_tokens"] = statistics.fmean(o.n_prompt_tokens - c for o, c in zip(outs, closed))
+        results += metric_rows(method, dataset, cfg.split, values, len(outs))
         for o, g in zip(outs, golds):
             preds.append({"method": method, "question": o.question, "answer": g, "prediction": o.answer,
                           "hits": [h.id for h in o.hits]})
-    rec.metrics = {f"{r['method']}/{r['metric']}": r["value"] for r in results}
+    rec.metrics = {f"{r.method}/{r.metric}": r.value for r in results}
     with atomic_dir(out) as tmp:
-        write_jsonl_atomic(tmp / "results.jsonl", results)
+        write_results(tmp / "results.jsonl", results, append=False)
         write_jsonl_atomic(tmp / "predictions.jsonl", preds)
         rec.write(tmp, inputs_hash=h)
     return results
