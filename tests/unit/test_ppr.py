@@ -382,11 +382,10 @@ def test_evaluate_rows_confusion_and_files(banks2, world, minilm, tmp_path):
     assert res.accuracy == pytest.approx(np.trace(res.confusion[:, :3]) / 90)
     assert res.macro_accuracy == pytest.approx(np.mean([a for a, _ in res.per_domain.values()]))
     rows = result_rows(res, "mixed", "online")
-    assert all(set(r) == {"method", "dataset", "split", "metric", "value", "n"} for r in rows)
-    assert [(r["dataset"], r["metric"]) for r in rows] == [
+    assert [(r.dataset, r.metric) for r in rows] == [
         ("mixed", "accuracy"), ("mixed", "macro_accuracy"), ("general", "accuracy"),
         ("materials", "accuracy"), ("adjuvant", "accuracy"), ("mixed", "latency_ms_p50")]
-    assert rows[-1]["n"] == 5 and rows[-1]["value"] > 0
+    assert rows[-1].n == 5 and rows[-1].value > 0
     write_eval(res, tmp_path, "mixed", "online")
     assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
     assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 90

@@ -222,9 +222,7 @@ def eval_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Routing accuracy (micro, macro, per domain), confusion matrix (table + PNG), latency."""
-    from rich.console import Console
-    from rich.table import Table
-
+    from kinject.eval.results import print_results
     from kinject.io import atomic_dir, require_file
     from kinject.ppr.evaluate import confusion_markdown, evaluate, read_labelled, write_eval
     from kinject.ppr.router import Router
@@ -244,18 +242,12 @@ def eval_cmd(
         res = evaluate(router, rows, n_latency=n_latency, progress=not quiet)
     with atomic_dir(out) as tmp:
         result_rows = write_eval(res, tmp, dataset, split)
-        rec.metrics = {f"{r['dataset']}/{r['metric']}": r["value"] for r in result_rows}
+        rec.metrics = {f"{r.dataset}/{r.metric}": r.value for r in result_rows}
         rec.extra = {"banks": str(banks), "domains": router.domains, "encoder_id": router.encoder.id}
         rec.write(out_dir=tmp, inputs_hash=inputs_hash(cfg, data, banks))
     if res.n_truncated:
         _note(f"{res.n_truncated} questions exceed the encoder's {router.encoder.max_length} tokens; truncated")
-    console = Console()
-    t = Table(title=f"PPR routing on {data} ({len(rows)} questions)")
-    for col in ("method", "dataset", "split", "metric", "value", "n"):
-        t.add_column(col)
-    for r in result_rows:
-        t.add_row(r["method"], r["dataset"], r["split"], r["metric"], f"{r['value']:.4f}", str(r["n"]))
-    console.print(t)
+    print_results(result_rows, title=f"PPR routing on {data} ({len(rows)} questions)")
     typer.echo("confusion (rows gold, columns routed):")
     typer.echo(confusion_markdown(res), nl=False)
     typer.echo(f"wrote {out}/results.jsonl, confusion.png")

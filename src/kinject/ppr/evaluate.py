@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from kinject.errors import UserError
+from kinject.eval.results import ResultRow, metric_rows, write_results
 from kinject.io import iter_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from kinject.ppr.router import Router
 
@@ -103,20 +104,15 @@ def evaluate(router: Router, data: list[LabelledQuestion], n_latency: int = 200,
     )
 
 
-def result_rows(res: EvalResult, dataset: str, split: str, method: str = METHOD) -> list[dict]:
-    n = len(res.questions)
-    rows = [
-        {"method": method, "dataset": dataset, "split": split, "metric": "accuracy",
-         "value": round(res.accuracy, 6), "n": n},
-        {"method": method, "dataset": dataset, "split": split, "metric": "macro_accuracy",
-         "value": round(res.macro_accuracy, 6), "n": n},
-    ]
+def result_rows(res: EvalResult, dataset: str, split: str, method: str = METHOD) -> list[ResultRow]:
+    """Accuracy and macro accuracy on `dataset`, accuracy per gold domain (as its dataset), latency."""
+    rows = metric_rows(method, dataset, split, {"accuracy": res.accuracy, "macro_accuracy": res.macro_accuracy},
+                       len(res.questions), ndigits=6)
     for lab, (acc, k) in res.per_domain.items():
-        rows.append({"method": method, "dataset": lab, "split": split, "metric": "accuracy",
-                     "value": round(acc, 6), "n": k})
+        rows += metric_rows(method, lab, split, {"accuracy": acc}, k, ndigits=6)
     if res.latency_ms:
-        rows.append({"method": method, "dataset": dataset, "split": split, "metric": "latency_ms_p50",
-                     "value": round(float(np.percentile(res.latency_ms, 50)), 3), "n": len(res.latency_ms)})
+        rows += metric_rows(method, dataset, split, {"latency_ms_p50": float(np.percentile(res.latency_ms, 50))},
+                            len(res.latency_ms), ndigits=3)
     return rows
 
 
@@ -162,10 +158,10 @@ def plot_confusion(res: EvalResult, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_eval(res: EvalResult, out: Path, dataset: str, split: str) -> list[dict]:
+def write_eval(res: EvalResult, out: Path, dataset: str, split: str) -> list[ResultRow]:
     """Write every eval artifact into `out` (an existing, usually temporary, directory)."""
     rows = result_rows(res, dataset, split)
-    write_jsonl_atomic(out / "results.jsonl", rows)
+    write_results(out / "results.jsonl", rows, append=False)
     write_jsonl_atomic(out / "predictions.jsonl", (
         {"question": q.question, "label": q.label, **dec} for q, dec in zip(res.questions, res.decisions)
     ))
