@@ -50,14 +50,14 @@ class Setup:
 
 
 def _rows(path: Path) -> list[dict]:
+    from kinject.eval.data import gold_answers
     from kinject.io import read_jsonl
     from kinject.memory.store import row_question
 
     out = []
     for i, r in enumerate(read_jsonl(path), 1):
-        ans = r.get("answer", r.get("output"))
-        golds = [ans] if isinstance(ans, str) else list(ans or [])
-        out.append({"question": row_question(r, f"{path}:{i}"), "answer": golds, "instruction": r.get("instruction")})
+        out.append({"question": row_question(r, f"{path}:{i}"), "answer": gold_answers(r, f"{path}:{i}"),
+                    "instruction": r.get("instruction")})
     return out
 
 

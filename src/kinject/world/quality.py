@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from kinject.io import iter_jsonl, require_dir, write_json_atomic, write_jsonl_atomic
+from kinject.io import iter_jsonl, require_dir, write_json_atomic
 
 BARS = {
     "closed_book_seen": (">=", 0.8),
@@ -86,6 +86,7 @@ def measure_quality(foundation: str | Path, world: str | Path, out: str | Path, 
                     models: tuple[str, ...] = ("base", "expert_init")) -> dict:
     import torch
 
+    from kinject.eval.results import metric_rows, print_results, write_results
     from kinject.models import load_causal_lm
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -97,17 +98,13 @@ def measure_quality(foundation: str | Path, world: str | Path, out: str | Path, 
         scores = evaluate(model, tok, sets)
         report[name] = scores
         for test, s in scores.items():
-            for metric in ("em", "f1"):
-                rows.append({"method": name, "dataset": "world", "split": test, "metric": metric,
-                             "value": round(s[metric], 4), "n": s["n"]})
+            rows += metric_rows(name, "world", test, {m: s[m] for m in ("em", "f1")}, s["n"], ndigits=4)
     bars = check_bars(report["base"]) if "base" in report else {}
     out = Path(out)
-    write_jsonl_atomic(out / "results.jsonl", rows)
+    write_results(out / "results.jsonl", rows, append=False)
     write_json_atomic(out / "bars.json", {"foundation": str(f), "world": str(world), "n": n, "bars": bars,
                                           "scores": report})
-    for r in rows:
-        if r["metric"] == "em":
-            print(f"{r['method']:12s} {r['split']:28s} em={r['value']:.3f} n={r['n']}")
+    print_results([r for r in rows if r.metric == "em"], title=f"foundation quality: EM, up to {n} questions per test")
     for k, b in bars.items():
         print(f"bar {k}: {b['em']:.3f} {b['bar']} -> {'PASS' if b['pass'] else 'FAIL'}")
     return {"bars": bars, "scores": report}
