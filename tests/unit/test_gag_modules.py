@@ -182,15 +182,16 @@ def test_injector_init_is_seeded_and_leaves_global_rng_alone():
     assert not torch.equal(a.projector.proj.weight, c.projector.proj.weight)
 
 
-def test_semantic_encoder_encodes_each_distinct_text_once():
-    from kinject.gag.encoder import SemanticEncoder
+def test_semantic_encoder_encodes_each_distinct_text_once(monkeypatch):
+    from kinject.gag.trainer import semantic_encoder
 
-    enc = SemanticEncoder()
+    enc = semantic_encoder(None)  # the shared sentence encoder (kinject.encoders), shipped MiniLM
     calls = []
     real = enc.model.encode
-    enc.model.encode = lambda texts, **kw: calls.append(list(texts)) or real(texts, **kw)
+    monkeypatch.setattr(enc.model, "encode", lambda texts, **kw: calls.append(list(texts)) or real(texts, **kw))
     texts = ["1973", "TLR4", "1973", "970 K", "TLR4"]
-    got = enc.encode(texts)
+    got = torch.from_numpy(enc.encode(texts))
     assert calls == [["1973", "TLR4", "970 K"]] and got.shape == (5, enc.dim)
     torch.testing.assert_close(got[0], got[2])
-    torch.testing.assert_close(got, real(texts, convert_to_tensor=True).float(), atol=1e-5, rtol=1e-4)
+    want = real(texts, convert_to_tensor=True, normalize_embeddings=True).float()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -10,7 +10,7 @@ bert_score = pytest.importorskip("bert_score")
 
 @pytest.fixture(scope="module")
 def minilm():
-    from kinject.eval.semantic import default_encoder_path
+    from kinject.encoders import default_encoder_path
 
     return default_encoder_path()
 

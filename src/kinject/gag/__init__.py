@@ -5,6 +5,5 @@ modules.py   LayerMixer, GatedResidualProjector, SemanticHead, AttentionSlotPool
 injector.py  Injector = (pooler) + mixer + projector (+ semantic head); safetensors + JSON
 base.py      InjectedBase: base + `<GAG>` placeholders, embeddings overwritten, generation
 losses.py    L_nll, L_sem, L_div
-encoder.py   frozen sentence encoder for the semantic target
 config.py    `gag_stage3` config;  trainer.py: Stage III (alignment phase + domain phase)
 """

@@ -36,6 +36,14 @@ CKPT_DIR = "checkpoints"
 TERMS = ("loss", "nll", "sem", "div")
 
 
+def semantic_encoder(path: str | None):
+    """The frozen sentence encoder whose embedding of the gold answer is the `L_sem` target (CPU;
+    `L_sem` is a cosine, so the encoder's normalized rows serve as they are)."""
+    from kinject.encoders import EncoderConfig, load_encoder
+
+    return load_encoder(EncoderConfig(path=path, device="cpu", batch_size=128, max_length=None))
+
+
 @dataclass
 class Phase:
     name: str
@@ -163,9 +171,7 @@ class Stage3Trainer:
             meta = metas[0][1]
             sem_dim = 0
             if self.cfg.w_sem > 0:
-                from kinject.gag.encoder import SemanticEncoder
-
-                self.encoder = SemanticEncoder(self.cfg.encoder)
+                self.encoder = semantic_encoder(self.cfg.encoder)
                 sem_dim = self.encoder.dim
             inj = Injector(InjectorConfig(
                 expert_hidden=meta.expert_hidden, base_hidden=self.base.hidden_size, layers=list(meta.layers),
@@ -194,13 +200,11 @@ class Stage3Trainer:
             return None
         if phase.targets is None:
             if getattr(self, "encoder", None) is None:
-                from kinject.gag.encoder import SemanticEncoder
-
-                self.encoder = SemanticEncoder(self.cfg.encoder)
+                self.encoder = semantic_encoder(self.cfg.encoder)
             if self.encoder.dim != self.injector.config.semantic_dim:
                 raise UserError(f"semantic encoder dim {self.encoder.dim} ({self.encoder.path}) vs injector "
                                 f"semantic head {self.injector.config.semantic_dim}")
-            phase.targets = self.encoder.encode([r["answer"] for r in phase.rows])
+            phase.targets = torch.from_numpy(self.encoder.encode([r["answer"] for r in phase.rows]))
         return phase.targets
 
     def train(self, stop_after: int | None = None, progress: bool = True) -> dict:

@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+from kinject.encoders import Encoder, EncoderConfig, same_encoder
 from kinject.errors import UserError
 from kinject.io import atomic_dir, file_sha256, iter_jsonl, require_file, write_json_atomic
-from kinject.ppr.config import EncoderConfig, PPRConfig
-from kinject.ppr.encoders import Encoder, count_over, cpu_threads, load_encoder
+from kinject.ppr.config import PPRConfig
+from kinject.ppr.encoders import count_over, cpu_threads, load_encoder
 
 INDEX = "banks.json"
 FORMAT = "kinject-ppr-banks/1"
@@ -219,7 +220,7 @@ def load_bank(banks_dir: Path, domain: str, encoder_id: str | None = None, dim: 
         protos = load_file(str(tensor_f))[TENSOR]
     except (SafetensorError, KeyError, OSError, ValueError) as e:
         raise _corrupt(banks_dir, f"corrupt {tensor_f.name} ({str(e).splitlines()[0] or type(e).__name__})") from None
-    if encoder_id is not None and meta.get("encoder_id") != encoder_id:
+    if encoder_id is not None and not same_encoder(str(meta.get("encoder_id")), encoder_id):
         raise UserError(
             f"bank {domain!r} in {banks_dir} was built with encoder {meta.get('encoder_id')!r}, "
             f"not {encoder_id!r}: its prototypes are not comparable; route with the bank's encoder "
@@ -319,7 +320,7 @@ def add_domain(banks_dir: str | Path, name: str, path: Path, cfg: PPRConfig,
                         cfg.max_questions, cfg.seed)
     if encoder is None or isinstance(encoder, EncoderConfig):
         encoder = load_encoder(encoder or encoder_config_of(index, cfg.encoder))
-    if encoder.id != index["encoder"].get("id"):
+    if not same_encoder(str(index["encoder"].get("id")), encoder.id):
         raise UserError(
             f"banks in {d} were built with encoder {index['encoder'].get('id')!r}, not {encoder.id!r}: "
             "add the domain with the banks' encoder (omit --encoder)"
@@ -379,7 +380,7 @@ def build_bank_like(name: str, questions: str | Path, like: str | Path, out: str
     cfg = PPRConfig(encoder=encoder_config_of(index), **{k: index[k] for k in ("k", "n_init", "max_questions", "seed")
                                                          if k in index})
     encoder = load_encoder(cfg.encoder)
-    if encoder.id != index["encoder"].get("id"):
+    if not same_encoder(str(index["encoder"].get("id")), encoder.id):
         raise UserError(f"the encoder of {like} loads as {encoder.id!r}, not {index['encoder'].get('id')!r}")
     build_banks([(check_domain_name(name), require_file(questions, f"questions file for domain {name!r}"))],
                 out, cfg, encoder, progress=False)

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from kinject.config import StageConfig, StrictModel, register_config
-
-
-class EncoderConfig(StrictModel):
-    kind: str = Field("sentence-transformers", description="registered encoder name (see kinject.ppr.encoders)")
-    path: str | None = Field(None, description="local model directory; None = the kind's default model")
-    batch_size: int = Field(64, ge=1)
-    max_length: int = Field(256, ge=8, description="max tokens per query (longer ones are truncated)")
-    device: str = "auto"
-    dtype: str = Field("auto", description="hf-mean only: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16")
+from kinject.config import StageConfig, register_config
+from kinject.encoders import EncoderConfig
 
 
 @register_config

