@@ -27,7 +27,7 @@ from kinject.eval.results import ResultRow, print_results, write_results
 from kinject.eval.routing import macro_accuracy, routing_accuracy, routing_report
 from kinject.eval.score import score_answers
 from kinject.io import atomic_dir, write_jsonl_atomic
-from kinject.runs import RunRecorder, inputs_hash, is_complete
+from kinject.runs import RunRecorder, fingerprint, inputs_hash, is_complete
 
 #: trace key -> results metric (mean per question), when the method reports it
 TRACE_MEANS = {"added_prompt_tokens": "added_prompt_tokens", "n_retrievals": "avg_retrievals",
@@ -99,17 +99,10 @@ def check_methods(cfg: EvalConfig, source: str) -> None:
         build_config(spec.options, {**m.options, **from_name}, f"{source}: options of method {m.name!r}")
 
 
-def _fingerprint(path: Path) -> object:
-    """Cheap identity of a file or directory named in method options (model dirs can be GBs:
-    name, size and mtime per file instead of reading them)."""
-    files = [path] if path.is_file() else sorted(x for x in path.rglob("*") if x.is_file())
-    return [(str(f.relative_to(path)) if f != path else f.name, f.stat().st_size, f.stat().st_mtime_ns)
-            for f in files]
-
-
-def option_fingerprints(cfg: EvalConfig) -> dict[str, object]:
-    """Files/dirs named in method options, fingerprinted for the inputs hash."""
-    out: dict[str, object] = {}
+def option_fingerprints(cfg: EvalConfig) -> dict[str, str]:
+    """Files/dirs named in method options (models, adapters, indexes), fingerprinted for the
+    inputs hash (`kinject.runs.fingerprint`: cheap for GB-sized model dirs)."""
+    out: dict[str, str] = {}
 
     def walk(v: object) -> None:  # nested options too (per-domain experts, adapters, injectors)
         if isinstance(v, dict):
@@ -119,7 +112,7 @@ def option_fingerprints(cfg: EvalConfig) -> dict[str, object]:
             for x in v:
                 walk(x)
         elif isinstance(v, (str, Path)) and str(v) and str(v) not in out and Path(v).exists():
-            out[str(v)] = _fingerprint(Path(v))
+            out[str(v)] = fingerprint(v)
 
     for m in cfg.methods:
         walk(m.options)

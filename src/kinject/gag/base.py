@@ -8,7 +8,6 @@ vectors, and the base runs on `inputs_embeds` (training forward, batched generat
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ import torch
 
 from kinject.errors import UserError
 from kinject.prompts import assistant_text, gag_messages, render, with_answer
+from kinject.runs import model_fingerprint
 from kinject.tokenizer import GAG_TOKEN, IM_END
 
 
@@ -106,12 +106,12 @@ class InjectedBase:
         return self.model.config.hidden_size
 
     def identity(self) -> dict:
-        """What an injector records about the base it was trained for. The fingerprint hashes a
-        few embedding rows rounded to bf16, so fp32 and bf16 loads of one checkpoint agree."""
-        emb = self.model.get_input_embeddings().weight[:16].detach().to("cpu", torch.bfloat16).float()
+        """What an injector records about the base it was trained for; `fingerprint` is that of
+        the directory the base was loaded from (`kinject.runs.model_fingerprint`), the same for
+        fp32 and bf16 loads of one checkpoint."""
         return {"model_type": self.model.config.model_type, "hidden_size": self.hidden_size,
                 "num_layers": self.model.config.num_hidden_layers, "vocab": len(self.tokenizer),
-                "fingerprint": hashlib.sha256(emb.numpy().tobytes()).hexdigest()[:16]}
+                "fingerprint": model_fingerprint(self.model)}
 
     # ------------------------------------------------------------------ prompts
     def prompt_text(self, question: str, instruction: str | None = None) -> str:

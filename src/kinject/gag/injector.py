@@ -24,6 +24,7 @@ from kinject.gag.modules import (
     SemanticHead,
 )
 from kinject.io import atomic_dir, write_json_atomic
+from kinject.runs import fingerprints_conflict
 
 WEIGHTS_FILE = "injector.safetensors"
 CONFIG_FILE = "injector.json"
@@ -137,7 +138,7 @@ class Injector(nn.Module):
         """A store (`StoreMeta`) must give the expert dims and layer keys this injector was built for."""
         pairs = {"expert_hidden": (self.config.expert_hidden, meta.expert_hidden),
                  "layers": (self.config.layers, meta.layers)}
-        if self.config.expert_fingerprint and meta.expert_fingerprint:
+        if fingerprints_conflict(self.config.expert_fingerprint, meta.expert_fingerprint):
             pairs["expert_fingerprint"] = (self.config.expert_fingerprint, meta.expert_fingerprint)
         if self.pooler is None:
             pairs["slots"] = (self.config.slots, meta.slots)
@@ -155,7 +156,10 @@ class Injector(nn.Module):
         mine = self.config.base
         if not mine:
             return
-        diff = _mismatch({k: (mine.get(k), identity.get(k)) for k in mine}, "injector", where)
+        pairs = {k: (mine.get(k), identity.get(k)) for k in mine}
+        if not fingerprints_conflict(str(mine.get("fingerprint") or ""), str(identity.get("fingerprint") or "")):
+            pairs.pop("fingerprint", None)  # unknown or of an older format: proves nothing
+        diff = _mismatch(pairs, "injector", where)
         if diff:
             raise UserError(f"injector was trained for another base: {diff}")
 

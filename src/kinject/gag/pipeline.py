@@ -75,11 +75,11 @@ class GagPipeline:
             raise UserError(f"expert hidden size {ecfg.hidden_size} ({expert}) vs "
                             f"{self.injector.config.expert_hidden} (injector {injector})")
         check_layer_keys(self.injector.config.layers, ecfg.num_hidden_layers)
-        from kinject.memory.background import model_fingerprint
+        from kinject.runs import fingerprints_conflict, model_fingerprint
 
         want = self.injector.config.expert_fingerprint
         self.expert_fingerprint = model_fingerprint(self.expert)
-        if want and self.expert_fingerprint != want:
+        if fingerprints_conflict(self.expert_fingerprint, want):
             raise UserError(f"expert {expert} is not the one whose memories trained the injector: fingerprint "
                             f"{self.expert_fingerprint!r} (expert) vs {want!r} (injector {injector})")
         self.base = InjectedBase.load(base, self.injector.config.slots, device, dtype, instruction, say,

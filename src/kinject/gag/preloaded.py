@@ -18,17 +18,17 @@ from kinject.gag.pipeline import GagPipeline
 
 def check_injector(injector: Injector, expert_model, base: InjectedBase, where: str) -> None:
     """The checks GagPipeline makes at load time: expert dims and layers, expert fingerprint, base."""
-    from kinject.memory.background import model_fingerprint
     from kinject.memory.layers import check_layer_keys
+    from kinject.runs import fingerprints_conflict, model_fingerprint
 
     ecfg = expert_model.config
     if ecfg.hidden_size != injector.config.expert_hidden:
         raise UserError(f"expert hidden size {ecfg.hidden_size} vs {injector.config.expert_hidden} (injector {where})")
     check_layer_keys(injector.config.layers, ecfg.num_hidden_layers)
-    want = injector.config.expert_fingerprint
-    if want and model_fingerprint(expert_model) != want:
+    want, have = injector.config.expert_fingerprint, model_fingerprint(expert_model)
+    if fingerprints_conflict(have, want):
         raise UserError(f"the expert is not the one whose memories trained injector {where}: fingerprint "
-                        f"{model_fingerprint(expert_model)!r} (expert) vs {want!r} (injector)")
+                        f"{have!r} (expert) vs {want!r} (injector)")
     if injector.config.slots != base.num_slots:
         raise UserError(f"injector {where} has {injector.config.slots} slots, the base prompt {base.num_slots}")
     injector.check_base(base.identity(), "the shared base")
@@ -43,7 +43,7 @@ class PreloadedGagPipeline(GagPipeline):
     def __init__(self, expert_model, expert_tokenizer, base: InjectedBase, injector: Injector,
                  system: str = "", max_background_tokens: int = 128, batch_size: int = 16,
                  where: str = "(preloaded)", cache_size: int = 256):
-        from kinject.memory.background import model_fingerprint
+        from kinject.runs import model_fingerprint
 
         # GagPipeline.__init__ loads from paths; this sets the same attributes from loaded objects
         check_injector(injector, expert_model, base, where)

@@ -34,18 +34,6 @@ class Trace:
         return len(self.token_ids)
 
 
-def model_fingerprint(model) -> str:
-    """Identifies an expert's weights (input embeddings + last parameter, rounded to bf16 so fp32
-    and bf16 loads agree): a store resumed or an injector used with another expert is refused."""
-    import hashlib
-
-    h = hashlib.sha256()
-    params = list(model.parameters())
-    for t in (model.get_input_embeddings().weight, params[-1]):
-        h.update(t.detach().to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def background_prompts(tokenizer, questions: Sequence[str], system: str = "") -> list[str]:
     return [render(tokenizer, background_messages(q, system)) for q in questions]
 

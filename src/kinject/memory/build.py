@@ -50,10 +50,10 @@ def build_memory(cfg: MemoryBuildConfig, progress: bool = True) -> dict:
     from kinject.memory.background import (
         encode_backgrounds,
         generate_backgrounds,
-        model_fingerprint,
         prefill_traces,
     )
     from kinject.models import check_model_dir, load_causal_lm
+    from kinject.runs import model_fingerprint
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -70,7 +70,14 @@ class StoreMeta(StrictModel):
 
 
 def _mismatch(a: dict, b: dict, what_a: str, what_b: str) -> str | None:
-    diffs = [f"{k}: {a[k]!r} ({what_a}) vs {b[k]!r} ({what_b})" for k in a if a[k] != b.get(k)]
+    from kinject.runs import fingerprints_conflict
+
+    def differ(k: str) -> bool:
+        if k == "expert_fingerprint":  # an unknown or older-format fingerprint proves nothing
+            return fingerprints_conflict(a[k], b.get(k) or "")
+        return a[k] != b.get(k)
+
+    diffs = [f"{k}: {a[k]!r} ({what_a}) vs {b[k]!r} ({what_b})" for k in a if differ(k)]
     return "; ".join(diffs) or None
 
 
