@@ -47,9 +47,8 @@ def lora_datasets(cfg: LoraBaselineConfig):
 
 
 def lora_inputs_hash(cfg: LoraBaselineConfig) -> str:
-    base = Path(cfg.base)
-    files = [cfg.data, *sorted(base.glob("*.safetensors")), base / "config.json"]
-    return inputs_hash(cfg.model_dump(exclude={"out"}), *files, *([cfg.val_data] if cfg.val_data else []))
+    files = [cfg.data, cfg.base, *([cfg.val_data] if cfg.val_data else [])]
+    return inputs_hash(cfg.model_dump(exclude={"out"}), *files)
 
 
 def peft_config(cfg: LoraBaselineConfig, model):

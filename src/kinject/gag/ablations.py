@@ -88,7 +88,7 @@ def run_variant(cfg: GagAblationConfig, domain: str, name: str, variant: Variant
     ], expect=Stage3Config)
     run_dir = Path(s3.out)
     h = inputs_hash({"stage3": s3.model_dump(), "splits": cfg.splits}, mem / "manifest.json", amem / "manifest.json",
-                    *sorted(base.glob("*.safetensors")))
+                    base)
     if is_complete(run_dir, h):
         say(f"{domain} {name}: complete, reusing {run_dir}")
         return read_results(run_dir / "eval" / "results.jsonl")

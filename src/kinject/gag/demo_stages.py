@@ -88,7 +88,7 @@ def train_domain_injector(domain: str, world: Path, base: Path, mem: Path, amem:
         f"alignment.data={world / 'general' / 'align.jsonl'}", f"alignment.memory={amem}",
         f"domain.data={ddir / 'qa_train.jsonl'}", f"domain.memory={mem}", *overrides,
     ], expect=Stage3Config)
-    h = inputs_hash(cfg, mem / "manifest.json", amem / "manifest.json", *sorted(base.glob("*.safetensors")))
+    h = inputs_hash(cfg, mem / "manifest.json", amem / "manifest.json", base)
 
     def eval_sets() -> list[EvalSet]:
         sets = [EvalSet(mem, read_jsonl(ddir / f"qa_{split}.jsonl"), name.format(d=domain), split, split)

@@ -52,8 +52,7 @@ def run_grip_rl(cfg: GripRLConfig, out: str | Path, force: bool = False) -> dict
 
     out = Path(out)
     validate(cfg)
-    files = [cfg.data.train, *cfg.eval.files]
-    h = inputs_hash(cfg, *[f for f in files if Path(f).is_file()])
+    h = inputs_hash(cfg, cfg.model, cfg.data.train, *cfg.eval.files)
     if not force and is_complete(out, h):
         return {"skipped": True, "out": str(out)}
     torch.set_num_threads(cfg.threads)

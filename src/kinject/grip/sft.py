@@ -128,7 +128,7 @@ def train_sft(cfg, out: str | Path | None = None) -> Path:
     from kinject.runs import RunRecorder, inputs_hash, is_complete
 
     out = Path(out or cfg.out)
-    h = inputs_hash(cfg, cfg.data, Path(cfg.model) / "config.json")
+    h = inputs_hash(cfg, cfg.data, cfg.model)
     if is_complete(out, h):
         print(f"grip sft: {out} is complete for these inputs; skipping", file=sys.stderr)
         return out

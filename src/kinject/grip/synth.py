@@ -171,7 +171,7 @@ def synthesize(cfg, out: str | Path | None = None) -> dict:
     qas = [qa for f in files for qa in load_questions(f)]
     if cfg.limit:
         qas = qas[: cfg.limit]
-    h = inputs_hash(cfg, *files, Path(cfg.index) / "kinject-index.json", Path(cfg.model) / "config.json")
+    h = inputs_hash(cfg, *files, Path(cfg.index) / "kinject-index.json", cfg.model)
     if is_complete(out, h):
         return json.loads((out / "manifest.json").read_text())["metrics"]
     import torch

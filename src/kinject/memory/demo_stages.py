@@ -56,20 +56,19 @@ def build_domain_stores(domain: str, world: Path, expert: Path, out: Path, domai
                         align_overrides: list[str]) -> tuple:
     """One domain's two stores (a worker of `run_parallel`; the preset's overrides are passed in,
     resolved by the caller): (domain store, stats, align store)."""
-    weights = sorted(expert.glob("*.safetensors"))
     ddir = world / f"{domain}_domain"
     qfiles = [ddir / f"qa_{s}.jsonl" for s in ("train", "dev", "dev_para")]
     store, stats = build_store(
         shipped(f"configs/gag/{domain}_memory_tiny.yaml"),
         [f"expert={expert}", f"out={out / domain}", f"questions=[{', '.join(map(str, qfiles))}]",
          *domain_overrides],
-        [*weights, *qfiles])
+        [expert, *qfiles])
     align = [f for f in (world / "general" / "align_dev.jsonl", world / "general" / "align.jsonl") if f.is_file()]
     align_store, _ = build_store(
         shipped(f"configs/gag/{domain}_align_memory_tiny.yaml"),
         [f"expert={expert}", f"out={out / f'{domain}_align'}", f"questions=[{', '.join(map(str, align))}]",
          *align_overrides],
-        [*weights, *align])
+        [expert, *align])
     return store, stats, align_store
 
 

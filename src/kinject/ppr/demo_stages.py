@@ -15,6 +15,7 @@ TINY_PPR = shipped("configs/ppr/tiny.yaml")  # exemplar banks, see the file
 @stage("ppr", order=40, help="PPR routing: prototype banks, online accuracy, plug-and-play, throughput", lane="side")
 def ppr_stage(ctx: DemoContext, out: Path) -> None:
     from kinject.config import load_config
+    from kinject.encoders import encoder_dir
     from kinject.errors import UserError
     from kinject.io import atomic_dir, write_json_atomic
     from kinject.ppr.banks import build_banks, write_thresholds
@@ -35,7 +36,8 @@ def ppr_stage(ctx: DemoContext, out: Path) -> None:
     # the demo reports throughput; `kinject bench ppr` is the real benchmark (2048 x 3 took 93 s here)
     quick = {"n": 256, "repeats": 1} if ctx.quick else {"n": 512, "repeats": 2}
     calib = {"fraction": 0.5, "seed": cfg.seed}
-    h = inputs_hash({"ppr": cfg.model_dump(), **quick, "calibrate": calib}, *[f for _, f in files], online)
+    h = inputs_hash({"ppr": cfg.model_dump(), **quick, "calibrate": calib}, *[f for _, f in files], online,
+                    encoder_dir(cfg.encoder))
     if not is_complete(out, h):
         encoder = load_encoder(cfg.encoder)
         memo = MemoEncoder(encoder)  # banks and plug-and-play share the offline vectors; timings use `encoder`

@@ -27,6 +27,7 @@ def online_file(world: str | Path) -> Path:
 def banks_from_world(world: str | Path | None, out: str | Path, cfg) -> tuple[Path, Path]:
     """Banks for every offline domain of a world, under `out/banks` (skipped when unchanged).
     Without a world dir, the tiny world is built under `out/world` first."""
+    from kinject.encoders import encoder_dir
     from kinject.ppr.banks import build_banks
     from kinject.runs import RunRecorder, inputs_hash, is_complete
 
@@ -41,7 +42,7 @@ def banks_from_world(world: str | Path | None, out: str | Path, cfg) -> tuple[Pa
     world = Path(world)
     files = offline_files(world)
     banks = out / "banks"
-    h = inputs_hash(cfg, *[f for _, f in files])
+    h = inputs_hash(cfg, *[f for _, f in files], encoder_dir(cfg.encoder))
     if not is_complete(banks, h):
         rec = RunRecorder(banks, "ppr build (world)", cfg, cfg.seed)
         with rec.timer("build"):
