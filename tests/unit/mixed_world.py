@@ -20,9 +20,10 @@ def write_injector(out: Path, expert_hidden: int, base_hidden: int, seed: int) -
 def build_mixed_world(root: Path, tokenizer, expert_dir: Path, domains=("materials", "adjuvant")) -> dict:
     """Files for a MixedOptions: base, banks (general + `domains`), one injector per domain,
     plus the offline questions of every template domain (to add one later)."""
+    from kinject.encoders import EncoderConfig
     from kinject.models import TinySpec, make_tiny_model, save_model
     from kinject.ppr.banks import build_banks
-    from kinject.ppr.config import EncoderConfig, PPRConfig
+    from kinject.ppr.config import PPRConfig
     from kinject.ppr.encoders import load_encoder
 
     root.mkdir(parents=True, exist_ok=True)

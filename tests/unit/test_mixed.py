@@ -22,7 +22,7 @@ def world(tmp_path_factory, tiny_tokenizer, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def minilm():
-    from kinject.ppr.config import EncoderConfig
+    from kinject.encoders import EncoderConfig
     from kinject.ppr.encoders import load_encoder
 
     return load_encoder(EncoderConfig())

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kinject.encoders import ENCODERS, Encoder, EncoderConfig
 from kinject.errors import UserError
 from kinject.ppr.banks import (
     add_domain,
@@ -21,8 +22,8 @@ from kinject.ppr.banks import (
     read_questions,
     remove_domain,
 )
-from kinject.ppr.config import EncoderConfig, PPRConfig
-from kinject.ppr.encoders import ENCODERS, Encoder, load_encoder, parse_encoder
+from kinject.ppr.config import PPRConfig
+from kinject.ppr.encoders import load_encoder, parse_encoder
 from kinject.ppr.evaluate import evaluate, read_labelled, result_rows, write_eval
 from kinject.ppr.router import Router
 
