@@ -71,6 +71,30 @@ def test_world_rewriter_states_first_hop_and_asks_second():
     assert world_rewrite(RewriteItem("q", ["a"], "p", [], QA_ROWS[0])) is None
 
 
+def test_supporting_rewriter_states_a_gold_sentence_and_asks_for_the_missed_paragraph(tmp_path):
+    """A real QA row (HotpotQA-style bridge): the question's retrieval found the first gold
+    paragraph, not the second; the fact is the found paragraph's first sentence, the new query
+    the missed paragraph's title. One line errors for a missing passages file."""
+    from kinject.grip.config import RewriterConfig
+    from kinject.grip.rewriters import make_rewriter
+
+    passages = tmp_path / "p.tsv"
+    passages.write_text("id\ttext\ttitle\n1\tArno Betz was born in Velmora. He wrote songs.\tArno Betz\n"
+                        "2\tVelmora lies on the Esk.\tVelmora\n3\tOther text.\tOther\n")
+    rw = make_rewriter(RewriterConfig(kind="supporting", passages=str(passages)))
+    row = {"supporting_pids": ["1", "2"]}
+    found_first = RewriteItem("Where does the birthplace of Arno Betz lie?", ["the Esk"], "Ostria",
+                              ["Arno Betz was born in Velmora.  He wrote songs.", "Other text."], row)
+    found_none = RewriteItem("q", ["the Esk"], "Ostria", ["Other text."], row)
+    found_all = RewriteItem("q", ["the Esk"], "Ostria", ["Velmora lies on the Esk.",
+                                                          "Arno Betz was born in Velmora. He wrote songs."], row)
+    no_golds = RewriteItem("q", ["a"], "p", ["Other text."], {})
+    assert rw([found_first, found_none, found_all, no_golds]) == [
+        ("Arno Betz was born in Velmora.", "Velmora"), ("Arno Betz was born in Velmora.", "Arno Betz"), None, None]
+    with pytest.raises(UserError, match="needs rewriter.passages"):
+        make_rewriter(RewriterConfig(kind="supporting"))
+
+
 def _search(index, k):
     from kinject.retrieval.base import open_index
 

@@ -16,10 +16,13 @@ class RewriterConfig(StrictModel):
     """The C-class rewriter: writes a corrected fact and a NEW query for a wrong prediction.
 
     `world`: programmatic, from the world's hop decomposition (`intermediate`, `sub_questions`).
+    `supporting`: programmatic, from a real QA row's gold paragraphs (`supporting_pids` into
+    `passages`): fact = a gold sentence, new query = the title of the gold paragraph not retrieved.
     `openai`: any OpenAI-compatible chat endpoint (`url`, `model`); the key is read from the
     environment variable named by `api_key_env` (a local server accepts any key)."""
 
-    kind: Literal["world", "openai"] = "world"
+    kind: Literal["world", "supporting", "openai"] = "world"
+    passages: str = ""  # `supporting`: the passages TSV/JSONL the rows' supporting_pids point into
     url: str = ""
     model: str = ""
     api_key_env: str = "OPENAI_API_KEY"

@@ -1,7 +1,8 @@
 """C-class rewriters: given a question the model got wrong and its retrieved passages, write a
 corrected fact and a NEW search query (the GRIP paper's pattern C). A rewriter is a callable
 `(items) -> [(fact, query) | None]`; None means it could not write one (the row is skipped and
-counted). Registry by name: `world` (programmatic) and `openai` (any OpenAI-compatible server).
+counted). Registry by name: `world` (programmatic, the synthetic world's hops), `supporting` (programmatic,
+a real QA set's gold paragraphs: `supporting_pids`) and `openai` (any OpenAI-compatible server).
 """
 
 from __future__ import annotations
@@ -62,6 +63,38 @@ def world_rewrite(item: RewriteItem) -> tuple[str, str] | None:
 @register_rewriter("world")
 def _world_factory(cfg) -> Rewriter:
     return lambda items: [world_rewrite(it) for it in items]
+
+
+def first_sentence(text: str) -> str:
+    return next((s.strip() for s in _SENT.split(" ".join(text.split())) if s.strip()), "")
+
+
+def supporting_rewrite(item: RewriteItem, passages: dict[str, tuple[str, str]]) -> tuple[str, str] | None:
+    """From a real QA row's gold paragraphs (`supporting_pids` -> (title, text)): the fact is the
+    first sentence of a gold paragraph the retrieval found (else of the first gold one), the new
+    query the title of the first gold paragraph it missed (the bridge entity of a HotpotQA-style
+    question, or the other entity of a comparison). Every gold already retrieved, or no golds: None."""
+    golds = [passages[str(p)] for p in item.row.get("supporting_pids") or [] if str(p) in passages]
+    if not golds:
+        return None
+    seen = {" ".join(t.split()) for t in item.passages}
+    found = [g for g in golds if " ".join(g[1].split()) in seen]
+    missing = [g for g in golds if g not in found]
+    if not missing or not missing[0][0].strip():
+        return None
+    fact = first_sentence((found or golds)[0][1])
+    return (fact, missing[0][0].strip()) if fact else None
+
+
+@register_rewriter("supporting")
+def _supporting_factory(cfg) -> Rewriter:
+    if not cfg.passages:
+        raise UserError("rewriter 'supporting' needs rewriter.passages (the passages file the questions' "
+                        "supporting_pids point into)")
+    from kinject.retrieval.ingest import read_passages
+
+    passages = {d.id: (d.title, d.text) for d in read_passages(cfg.passages)}
+    return lambda items: [supporting_rewrite(it, passages) for it in items]
 
 
 REWRITE_SYSTEM = "You repair failed steps of a retrieval-augmented question-answering agent."
