@@ -6,10 +6,14 @@
 - `rag`: top-k passages from an index in the base's knowledge prompt (when configured);
 - `gag-<domain>`: one domain's GAG route, for every domain served now (hot-plugged ones too);
 - `extra_models`: any registered eval method by name, built through `kinject.eval.method`.
+
+Each has `answer` (a batch) and, where its text can be streamed token by token, `stream` (one
+row, see `streaming.py`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +31,7 @@ from kinject.mixed import (
     check_paths,
 )
 from kinject.serve.config import RagServeOptions, ServeConfig
+from kinject.serve.streaming import ClosedBookStream, stream_gag, stream_mixed
 
 MIXED, GRIP = "kinject-mixed", "kinject-grip"
 
@@ -53,6 +58,21 @@ class RagRoute:
                  "trace": {"retrievals": [h.to_dict() for h in o.hits], "prompt_tokens": o.n_prompt_tokens,
                            "new_tokens": o.n_new_tokens}} for o in outs]
 
+    def stream(self, row: dict) -> dict:
+        """`answer` for one row, its text streamed into `row["sink"]` (`rag_answer`'s prompt)."""
+        from kinject.generation import generate_texts
+        from kinject.prompts import render
+        from kinject.retrieval.rag import rag_messages
+
+        with self.models.lock:
+            hits = self.retriever.batch_search([row["question"]], self.opts.k)[0][:self.opts.k]
+            prompt = render(self.tokenizer, rag_messages(row["question"], hits, self.opts.instruction,
+                                                         self.opts.passage_format))
+            g = generate_texts(self.model, self.tokenizer, [prompt], self.max_new_tokens, 1,
+                               **row["sink"].generate_kwargs(self.tokenizer))[0]
+        return {"prediction": g.text, "trace": {"retrievals": [h.to_dict() for h in hits],
+                                                "prompt_tokens": g.n_prompt_tokens, "new_tokens": g.n_new_tokens}}
+
 
 @dataclass
 class ServedModel:
@@ -60,6 +80,8 @@ class ServedModel:
     answer: Callable[[list[dict]], list[dict]]
     tokenizer: Any  # the event loop's own copy: counts usage tokens, cuts answers at max_tokens
     kind: str
+    # one row, its text streamed into row["sink"] as generated; None: no token streaming
+    stream: Callable[[dict], dict] | None = None
 
 
 _copies: dict[int, Any] = {}
@@ -90,16 +112,20 @@ class ServedModels:
         models = self.pipeline.models
         routes = self.pipeline.routes
         base = routes.get(GENERAL) or ClosedBookRoute(models, p.base, p.max_new_tokens, p.batch_size)
+        # built with the arguments of the ClosedBookRoutes above (the `general` one has the answer format)
+        general = ClosedBookStream(models, p.base, p.max_new_tokens, p.answer_format)
+        base_stream = general if GENERAL in routes else ClosedBookStream(models, p.base, p.max_new_tokens)
         self.static: dict[str, ServedModel] = {
-            MIXED: ServedModel(MIXED, self.pipeline.answer, own_copy(base.tokenizer), "mixed"),
-            "base": ServedModel("base", base.answer, own_copy(base.tokenizer), "method"),
+            MIXED: ServedModel(MIXED, self.pipeline.answer, own_copy(base.tokenizer), "mixed",
+                               functools.partial(stream_mixed, self.pipeline, general)),
+            "base": ServedModel("base", base.answer, own_copy(base.tokenizer), "method", base_stream),
         }
         grip = self.pipeline.grip
         if grip is not None:
             self.static[GRIP] = ServedModel(GRIP, grip.answer, own_copy(grip.tokenizer), "method")
         if cfg.rag is not None:
             rag = RagRoute(models, p.base, cfg.rag, p.max_new_tokens, p.batch_size)
-            self.static["rag"] = ServedModel("rag", rag.answer, own_copy(rag.tokenizer), "method")
+            self.static["rag"] = ServedModel("rag", rag.answer, own_copy(rag.tokenizer), "method", rag.stream)
         ctx = MethodContext(device=p.device, dtype=p.dtype, batch_size=p.batch_size, max_new_tokens=p.max_new_tokens)
         for name, extra in cfg.extra_models.items():
             if name in self.static or name.startswith("gag-"):
@@ -156,10 +182,11 @@ class ServedModels:
         if not isinstance(route, GagRoute):
             return None
 
-        def answer(rows: list[dict], domain: str = domain) -> list[dict]:
-            current = self.pipeline.routes.get(domain)  # the route served when the batch runs
-            if not isinstance(current, GagRoute):
+        def current(domain: str = domain) -> GagRoute:  # the route served when the batch runs
+            route = self.pipeline.routes.get(domain)
+            if not isinstance(route, GagRoute):
                 raise DomainUnavailable(f"domain {domain!r} was removed")
-            return current.answer(rows)
+            return route
 
-        return ServedModel(name, answer, own_copy(route.tokenizer), "gag")
+        return ServedModel(name, lambda rows: current().answer(rows), own_copy(route.tokenizer), "gag",
+                           lambda row: stream_gag(current(), row))
