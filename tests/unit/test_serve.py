@@ -46,7 +46,7 @@ def make_cfg(world, **kw) -> ServeConfig:
     opts["grip"] = {"model": str(world["domains"]["materials"]["expert"]), "index": world["index"],
                     "max_rounds": 2, "max_new_tokens": 6}
     return ServeConfig(pipeline=opts, rag={"index": world["index"], "k": 2}, api_key=KEY,
-                       max_body_bytes=4096, max_tokens_cap=4, **kw)
+                       max_body_bytes=4096, **{"max_tokens_cap": 4, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +184,7 @@ def test_overload_503_with_retry_after_and_timeout_504(world, models):
     with ServerThread(create_app(cfg, models)) as srv:
         r = chat(srv.url, "kinject-mixed", Q["materials"][0])
         assert r.status_code == 504 and "timed out" in r.json()["error"]["message"]
+        _is_openai_error(chat(srv.url, "kinject-mixed", Q["materials"][0], stream=True), 504, "timeout")
         assert httpx.get(f"{srv.url}/health").status_code == 200
 
 
@@ -214,6 +215,8 @@ def test_admin_hot_plug_and_a_domain_fault(world, tmp_path):
             else:
                 assert r.status_code == 200 and r.json()["kinject"]["route"] == d
         assert chat(url, "gag-materials", Q["materials"][1]).status_code == 503
+        for model in ("gag-materials", "kinject-mixed"):  # streaming: the status, before any chunk
+            _is_openai_error(chat(url, model, Q["materials"][1], stream=True), 503, "domain_unavailable")
         assert chat(url, "gag-adjuvant", Q["adjuvant"][1]).status_code == 200
         # hot-plug: remove the broken domain, add it back with a good injector, no restart
         r = httpx.delete(f"{url}/admin/domains/materials", headers=adm())
@@ -474,3 +477,100 @@ def test_hot_plug_builds_off_the_serving_path_and_survives_a_restart(world, tmp_
     registry.write_text("{broken")
     with pytest.raises(UserError, match="registry"):
         create_app(cfg, ServedModels(cfg))
+
+
+# ---------------------------------------------------------------- token streaming
+
+
+def _sse(r) -> list[dict]:
+    lines = [ln[6:] for ln in r.iter_lines() if ln.startswith("data: ")]
+    assert lines[-1] == "[DONE]", lines
+    return [json.loads(ln) for ln in lines[:-1]]
+
+
+def test_streaming_sends_the_same_answer_as_a_request_that_does_not_stream(server):
+    for model, q, kw in (("base", Q["general"][1], {}), ("rag", "In which year was Entity 3 founded?", {}),
+                         ("gag-materials", Q["materials"][2], {}), ("kinject-mixed", Q["adjuvant"][2], {}),
+                         ("kinject-mixed", Q["materials"][3], {"max_tokens": 2}),
+                         ("kinject-grip", "In which year was Entity 3 founded?", {}),  # not token by token
+                         ("base", Q["general"][3], {"stop": ["\n", "."]})):
+        whole = chat(server.url, model, q, **kw).json()
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", headers=auth(), timeout=60,
+                          json={"model": model, "messages": [{"role": "user", "content": q}], "stream": True,
+                                "stream_options": {"include_usage": True}, **kw}) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            chunks = _sse(r)
+        assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+        done = chunks[-2]
+        assert text == whole["choices"][0]["message"]["content"], (model, text, whole)
+        assert done["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+        k = done["kinject"]
+        assert {x: k.get(x) for x in ("route", "method", "background")} == \
+            {x: whole["kinject"].get(x) for x in ("route", "method", "background")}
+        assert k["timings"]["batch_size"] == 1 and k["timings"]["total_ms"] > 0
+    queues = httpx.get(f"{server.url}/health").json()["queues"]
+    assert queues["base:stream"]["requests"] >= 2 and "kinject-grip:stream" not in queues  # GRIP answers in stages
+
+
+def test_streaming_errors_before_the_first_token_keep_their_status(server):
+    def stream(model, q, **kw):
+        return httpx.post(f"{server.url}/v1/chat/completions", headers=auth(), timeout=60,
+                          json={"model": model, "messages": [{"role": "user", "content": q}], "stream": True, **kw})
+
+    _is_openai_error(stream("gpt-4", "hi"), 404, "model_not_found")
+    _is_openai_error(stream("base", "hi", stop=[""]), 400, "invalid_stop")
+    _is_openai_error(stream("base", "word " * 300), 400, "question_too_long")
+
+
+def test_stream_chunks_reach_the_client_before_the_answer_is_finished(world, models):
+    """A model whose second word waits until the client has read the first: the SSE chunks are
+    sent as the model produces text, not once it has finished. Then a stop string: the answer is
+    cut as in a request that does not stream, and the generation is told to stop."""
+    from kinject.serve.models import ServedModel
+
+    seen, waited, stopped, cut = threading.Event(), [], [], threading.Event()
+    words = ["The ", "catalyst", ". Ferovia", " reaches"]
+
+    def stream(row):
+        sink = row["sink"]
+        sink.put(words[0])
+        waited.append(seen.wait(30))
+        for w in words[1:]:
+            sink.put(w)
+        if cut.is_set():  # a stop string was asked for: the server stops the generation
+            stopped.append(sink.stop.wait(30))
+        return {"prediction": "".join(words), "trace": {}}
+
+    def answer(rows):
+        return [{"prediction": "".join(words), "trace": {}} for _ in rows]
+
+    def pieces_of(**kw) -> tuple[list[str], str]:
+        with httpx.stream("POST", f"{srv.url}/v1/chat/completions", headers=auth(), timeout=60,
+                          json={"model": "slow", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                                **kw}) as r:
+            pieces, finish = [], None
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    choice = json.loads(line[6:])["choices"][0]
+                    finish = choice["finish_reason"] or finish
+                    if choice["delta"].get("content"):
+                        pieces.append(choice["delta"]["content"])
+                        seen.set()
+        return pieces, finish
+
+    models.static["slow"] = ServedModel("slow", answer, models.static["base"].tokenizer, "method", stream)
+    try:
+        with ServerThread(create_app(make_cfg(world, max_tokens_cap=32), models)) as srv:
+            pieces, finish = pieces_of()
+            assert waited == [True]  # the first chunk was read while the model was still answering
+            assert pieces[:2] == ["The", " catalyst"]  # a trailing space waits for the next word
+            assert "".join(pieces) == "The catalyst. Ferovia reaches" and finish == "stop"
+            cut.set()
+            pieces, finish = pieces_of(stop=["."])
+            assert "".join(pieces) == "The catalyst" and finish == "stop" and stopped == [True]
+            whole = chat(srv.url, "slow", "hi", stop=["."]).json()["choices"][0]
+            assert whole["message"]["content"] == "The catalyst" and whole["finish_reason"] == "stop"
+    finally:
+        del models.static["slow"]

@@ -4,5 +4,6 @@
 - `batcher.py` the asyncio micro-batcher (one per served model; bounded queue, max wait)
 - `models.py`  what `model` names: kinject-mixed, kinject-grip, base, rag, gag-<domain>, extras
 - `app.py`     the FastAPI app: /v1/chat/completions (JSON + SSE), /v1/models, /health, /admin
+- `streaming.py` token streaming for `stream: true` (one request per model call)
 - `loadtest.py` + `cli.py`: `kinject serve`, `kinject bench serve`
 """
