@@ -121,9 +121,9 @@ def grip_eval(cfg, data: str | Path | None, out: str | Path) -> list[ResultRow]:
         raise UserError("grip eval: give the questions with --data FILE (or `data:` in the config)")
     out = Path(out)
     qas = load_questions(data, limit=cfg.limit or None)
-    files = [Path(data), Path(cfg.index) / "kinject-index.json", Path(cfg.model) / "config.json"]
+    files = [Path(data), Path(cfg.index) / "kinject-index.json", Path(cfg.model)]
     if cfg.base_model:
-        files.append(Path(cfg.base_model) / "config.json")
+        files.append(Path(cfg.base_model))
     h = inputs_hash({"cfg": cfg.model_dump(mode="json"), "data": str(data)}, *files)
     if is_complete(out, h) and (out / "results.jsonl").is_file():
         return read_results(out)

@@ -93,7 +93,7 @@ def rag_eval(cfg, out: Path, progress: bool = True) -> list[ResultRow]:
     qas = load_questions(qpath, cfg.where or None, cfg.limit or None)  # `where` and `limit` as in the harness
     questions, golds = [q.question for q in qas], [q.answers for q in qas]
     dataset = cfg.dataset or qpath.stem
-    h = inputs_hash(cfg, qpath, Path(cfg.index) / "kinject-index.json", Path(cfg.model) / "config.json")
+    h = inputs_hash(cfg, qpath, Path(cfg.index) / "kinject-index.json", Path(cfg.model))
     if is_complete(out, h) and (out / "results.jsonl").is_file():
         return read_results(out)
 
