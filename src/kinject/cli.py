@@ -24,6 +24,7 @@ import typer
 
 import kinject
 from kinject.benchcli import bench_app
+from kinject.cliargs import Overrides
 from kinject.errors import UserError
 
 app = typer.Typer(
@@ -40,7 +41,6 @@ app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
-Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides", show_default=False)]
 
 
 def echo_json(obj) -> None:

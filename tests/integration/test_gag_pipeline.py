@@ -85,7 +85,7 @@ def test_memory_train_answer_end_to_end(tmp_path, tiny_model_dir, tiny_tokenizer
     other = make_tiny_model(TinySpec(vocab=600, hidden=32, layers=2, heads=2, tie_embeddings=False),
                             tokenizer=tiny_tokenizer, seed=9)
     save_model(other, tiny_tokenizer, tmp_path / "other")
-    res = subprocess.run([*CLI, "gag", "answer", "--config", str(tmp_path / "ans.yaml"), "--set",
+    res = subprocess.run([*CLI, "gag", "answer", "--config", str(tmp_path / "ans.yaml"),
                           f"base={tmp_path / 'other'}", "Q?"], capture_output=True, text=True)
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
     assert res.returncode == 2 and len(lines) == 1 and "trained for another base: fingerprint" in lines[0]

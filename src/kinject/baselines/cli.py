@@ -7,13 +7,15 @@ from typing import Annotated
 
 import typer
 
+from kinject.cliargs import Overrides
+
 baselines_app = typer.Typer(help="Baselines that need training (the LoRA parametric baseline).", no_args_is_help=True)
 
 
 @baselines_app.command("lora")
 def lora(
     config: Annotated[Path, typer.Option("--config", "-c", help="a `kind: baseline_lora` YAML")],
-    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. train.max_steps=50")] = None,
+    overrides: Overrides = None,
     force: Annotated[bool, typer.Option(help="retrain even when complete with the same inputs")] = False,
 ) -> None:
     """LoRA fine-tune of the base on a domain's QA train split (loss on the answer only)."""

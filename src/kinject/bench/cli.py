@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 
 from kinject.benchcli import bench_app
+from kinject.cliargs import Overrides
 
 OutOpt = Annotated[Path, typer.Option("--out", help="output directory (bench.json, summary.md)")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (configs/bench/*.yaml)")]
-Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides", show_default=False)]
 
 
 def _cfg(config, overrides, cls):

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from kinject.cliargs import Overrides
 from kinject.errors import UserError
 
 eval_app = typer.Typer(help="Evaluate: metrics, scoring of predictions, the method x dataset harness.",
@@ -77,7 +78,7 @@ def score_cmd(
 def run_cmd(
     config: Annotated[Path, typer.Option("--config", "-c", help="eval YAML (kind: eval)")],
     out: Annotated[Path, typer.Option("--out", help="output directory")],
-    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides", show_default=False)] = None,
+    overrides: Overrides = None,
     force: Annotated[bool, typer.Option("--force", help="redo even if complete and unchanged")] = False,
 ) -> None:
     """Run every configured method on every dataset; write results.jsonl, predictions, report."""

@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
+from kinject.cliargs import Overrides
+
 expert_app = typer.Typer(help="GAG expert: Stage I DAPT, Stage II QA-SFT, ask, evaluate.", no_args_is_help=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (else overrides only)")]
-Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides", show_default=False)]
 Force = Annotated[bool, typer.Option("--force", help="retrain even if the output is up to date")]
 
 

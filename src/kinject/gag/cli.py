@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
+from kinject.cliargs import Overrides
+
 gag_app = typer.Typer(help="GAG injection: Stage III injector training and injected answering.", no_args_is_help=True)
-Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides", show_default=False)]
 
 
 def _say(msg: str) -> None:
@@ -42,19 +43,25 @@ def train_cmd(
 
 @gag_app.command("answer")
 def answer_cmd(
-    questions: Annotated[list[str], typer.Argument(help="question(s) to answer")],
+    args: Annotated[list[str], typer.Argument(help="question(s) to answer, and key.sub=value config overrides",
+                                              show_default=False)],
     config: Annotated[Path, typer.Option("--config", "-c", help="gag_answer YAML")],
-    override: Annotated[list[str] | None, typer.Option("--set", help="key.sub=value override")] = None,
+    override: Annotated[list[str] | None, typer.Option("--set", hidden=True)] = None,  # older spelling
     json_out: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
 ) -> None:
     """Answer with online memories: the expert writes a background, the injector carries it to the base."""
     import json
 
+    from kinject.cliargs import split_overrides
     from kinject.config import load_config
+    from kinject.errors import UserError
     from kinject.gag.config import GagAnswerConfig
     from kinject.gag.pipeline import GagPipeline
 
-    cfg = load_config(config, override or [], expect=GagAnswerConfig)
+    questions, overrides = split_overrides(args)
+    if not questions:
+        raise UserError("gag answer: give at least one question")
+    cfg = load_config(config, [*(override or []), *overrides], expect=GagAnswerConfig)
     pipe = GagPipeline(cfg.expert, cfg.base, cfg.injector, cfg.system, cfg.instruction, cfg.max_background_tokens,
                        cfg.device, cfg.dtype, cfg.batch_size, say=_say)
     for a in pipe.answer(questions, max_new_tokens=cfg.max_new_tokens):

@@ -8,10 +8,11 @@ from typing import Annotated
 
 import typer
 
+from kinject.cliargs import Overrides
+
 grip_app = typer.Typer(help="GRIP: self-triggered retrieval as generation (the GRIP paper).", no_args_is_help=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config")]
-Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides", show_default=False)]
 
 
 @grip_app.command("synth")
@@ -43,19 +44,25 @@ def sft_cmd(config: ConfigOpt,
 
 @grip_app.command("answer")
 def answer_cmd(config: ConfigOpt,
-               question: Annotated[str, typer.Argument(help="the question")],
-               overrides: Annotated[list[str] | None, typer.Option("--set", help="key.sub=value override")] = None,
+               args: Annotated[list[str], typer.Argument(help="the question, and key.sub=value config overrides",
+                                                         show_default=False)],
+               set_: Annotated[list[str] | None, typer.Option("--set", hidden=True)] = None,  # older spelling
                ) -> None:
     """Answer one question with the agent; prints every step as JSON."""
+    from kinject.cliargs import split_overrides
     from kinject.config import load_config
     from kinject.errors import UserError
     from kinject.grip.config import GripEvalConfig
     from kinject.grip.evaluate import load_agent
     from kinject.retrieval.base import open_index
 
+    texts, overrides = split_overrides(args)
+    if len(texts) > 1:
+        raise UserError(f"grip answer: one question at a time, got {len(texts)} (quote the question)")
+    question = texts[0] if texts else ""
     if not question.strip():
         raise UserError("grip answer: the question is empty")
-    cfg = load_config(config, overrides or [], expect=GripEvalConfig)
+    cfg = load_config(config, [*(set_ or []), *overrides], expect=GripEvalConfig)
     with open_index(cfg.index, cfg.backend) as retriever:
         agent, _, _ = load_agent(cfg, retriever)
         ep = agent.run([question.strip()])[0]

@@ -7,13 +7,15 @@ from typing import Annotated
 
 import typer
 
+from kinject.cliargs import Overrides
+
 memory_app = typer.Typer(help="GAG memories: expert backgrounds -> multi-layer slots -> store.", no_args_is_help=True)
 
 
 @memory_app.command("build")
 def build_cmd(
     config: Annotated[Path, typer.Option("--config", "-c", help="memory_build YAML")],
-    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides", show_default=False)] = None,
+    overrides: Overrides = None,
 ) -> None:
     """Generate backgrounds with the expert, compress to slots, store (resumable, torchrun-shardable)."""
     from kinject.config import load_config

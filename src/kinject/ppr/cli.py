@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from kinject.cliargs import Overrides
 from kinject.errors import UserError
 
 ppr_app = typer.Typer(help="PPR routing: prototype banks per domain, nearest-prototype routing, evaluation.",
@@ -30,12 +31,15 @@ NoAbstainOpt = Annotated[bool, typer.Option("--no-abstain", help="ignore the ban
 
 
 def _config(config: Path | None, encoder: str | None = None, k: int | None = None,
-            batch_size: int | None = None, device: str | None = None, margin: float | None = None):
+            batch_size: int | None = None, device: str | None = None, margin: float | None = None,
+            overrides: list[str] | None = None):
+    """The PPR config: the file (or the defaults), then `key.sub=value` overrides, then the
+    command's own options (which win)."""
     from kinject.config import load_config
     from kinject.ppr.config import PPRConfig
     from kinject.ppr.encoders import parse_encoder
 
-    cfg = load_config(config, [], expect=PPRConfig)
+    cfg = load_config(config, overrides or [], expect=PPRConfig)
     enc = cfg.encoder
     if encoder is not None:
         enc = parse_encoder(encoder, enc)
@@ -86,6 +90,7 @@ def build(
     encoder: EncoderOpt = None,
     k: Annotated[int | None, typer.Option("--k", help="prototypes per domain (default 32)")] = None,
     config: ConfigOpt = None,
+    overrides: Overrides = None,
     batch_size: BatchOpt = None,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
@@ -94,7 +99,7 @@ def build(
     from kinject.ppr.banks import build_banks, parse_domain_args
     from kinject.runs import RunRecorder
 
-    cfg, _ = _config(config, encoder, k, batch_size, device)
+    cfg, _ = _config(config, encoder, k, batch_size, device, overrides=overrides)
     domains = parse_domain_args(domain)
     rec = RunRecorder(out, "ppr build", cfg, cfg.seed)
     with rec.timer("build"):
@@ -114,6 +119,7 @@ def add(
     encoder: EncoderOpt = None,
     k: Annotated[int | None, typer.Option("--k", help="prototypes for this domain (default 32)")] = None,
     config: ConfigOpt = None,
+    overrides: Overrides = None,
     batch_size: BatchOpt = None,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
@@ -122,7 +128,7 @@ def add(
     from kinject.ppr.banks import add_domain, parse_domain_args, read_index
     from kinject.runs import RunRecorder
 
-    cfg, given = _config(config, encoder, k, batch_size, device)
+    cfg, given = _config(config, encoder, k, batch_size, device, overrides=overrides)
     [(name, path)] = parse_domain_args([domain])
     rec = RunRecorder(banks, "ppr add", cfg, cfg.seed)
     with rec.timer("add"):
@@ -154,6 +160,7 @@ def calibrate_cmd(
                                                                "(the rest reports their cost)")] = 0.5,
     seed: Annotated[int, typer.Option("--seed", help="seed of the calibration/test split")] = 0,
     config: ConfigOpt = None,
+    overrides: Overrides = None,
     device: DeviceOpt = None,
 ) -> None:
     """Choose each domain's abstention threshold on held-out questions; record it in the banks."""
@@ -164,7 +171,7 @@ def calibrate_cmd(
     from kinject.ppr.router import Router
 
     require_file(data, "--data file")
-    cfg, _ = _config(config, None, device=device)
+    cfg, _ = _config(config, None, device=device, overrides=overrides)
     rows = read_labelled(data)
     router = Router.from_dir(banks, _router_encoder(banks, cfg, False), abstain=False)
     report = calibrate(router, [r.question for r in rows], [r.label for r in rows], fraction, seed)
@@ -184,7 +191,8 @@ def calibrate_cmd(
 @ppr_app.command("route")
 def route(
     banks: BanksOpt,
-    question: Annotated[list[str], typer.Argument(help="question(s) to route", show_default=False)],
+    args: Annotated[list[str], typer.Argument(help="question(s) to route, and key.sub=value config overrides",
+                                              show_default=False)],
     margin: MarginOpt = None,
     no_abstain: NoAbstainOpt = False,
     encoder: EncoderOpt = None,
@@ -192,9 +200,13 @@ def route(
     device: DeviceOpt = None,
 ) -> None:
     """Route question(s): prints route, score and all scores as JSON (one object per question)."""
+    from kinject.cliargs import split_overrides
     from kinject.ppr.router import Router
 
-    cfg, given = _config(config, encoder, device=device, margin=margin)
+    question, overrides = split_overrides(args)
+    if not question:
+        raise UserError("ppr route: give at least one question")
+    cfg, given = _config(config, encoder, device=device, margin=margin, overrides=overrides)
     router = Router.from_dir(banks, _router_encoder(banks, cfg, given), margin=cfg.margin, abstain=not no_abstain)
     decisions = router.route_batch(question)
     for q, d in zip(question, decisions):
@@ -217,6 +229,7 @@ def eval_cmd(
     n_latency: Annotated[int, typer.Option("--n-latency", help="queries timed one by one for latency_ms_p50")] = 200,
     encoder: EncoderOpt = None,
     config: ConfigOpt = None,
+    overrides: Overrides = None,
     batch_size: BatchOpt = None,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
@@ -229,7 +242,7 @@ def eval_cmd(
     from kinject.runs import RunRecorder, inputs_hash
 
     require_file(data, "--data file")
-    cfg, given = _config(config, encoder, batch_size=batch_size, device=device, margin=margin)
+    cfg, given = _config(config, encoder, batch_size=batch_size, device=device, margin=margin, overrides=overrides)
     rows = read_labelled(data, only)
     router = Router.from_dir(banks, _router_encoder(banks, cfg, given), margin=cfg.margin, abstain=not no_abstain)
     unknown = sorted({r.label for r in rows} - set(router.domains) - {"general"})
@@ -262,6 +275,7 @@ def bench_ppr(
     n: Annotated[int, typer.Option("--n", help="queries per timed run")] = 2048,
     repeats: Annotated[int, typer.Option("--repeats", help="timed runs (median reported)")] = 3,
     config: ConfigOpt = None,
+    overrides: Overrides = None,
     encoder: EncoderOpt = None,
     batch_size: BatchOpt = None,
     device: DeviceOpt = None,
@@ -275,7 +289,7 @@ def bench_ppr(
     from kinject.ppr.router import Router
     from kinject.ppr.world import banks_from_world, online_file
 
-    cfg, given = _config(config, encoder, batch_size=batch_size, device=device)
+    cfg, given = _config(config, encoder, batch_size=batch_size, device=device, overrides=overrides)
     if banks is None or data is None:
         world_dir = world if world is not None else None
         built_banks, world_dir = banks_from_world(world_dir, out, cfg)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from kinject.cliargs import Overrides
 from kinject.errors import UserError
 
 realqa_app = typer.Typer(help="Real QA sets with their own passages (data/realqa or the same schema).",
@@ -61,7 +62,7 @@ def eval_cmd(
     index_backend: Annotated[str, typer.Option("--index-backend", help="backend of the index the methods retrieve from")] = "tantivy",
     threads: Annotated[int, typer.Option("--threads", help="threads for batched search / indexing")] = 2,
     dense_opt: Annotated[list[str] | None, typer.Option("--dense-opt", help="dense backend option key=value (repeatable), e.g. device=cuda")] = None,
-    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides of --config", show_default=False)] = None,
+    overrides: Overrides = None,
 ) -> None:
     """Check the files (bad input: one error line, exit 2, nothing written), measure retrieval of the gold
     passages per backend (<out>/retrieval/bench.{json,md}); with --config, index the passages

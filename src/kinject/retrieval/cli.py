@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from kinject.cliargs import Overrides
 from kinject.errors import UserError
 
 index_app = typer.Typer(help="Build and update passage indexes (tantivy default, elasticsearch, dense, hybrid).",
@@ -129,7 +130,7 @@ def search(
 def rag_eval_cmd(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML config (kind: rag_eval)")],
     out: Annotated[Path, typer.Option("--out", help="output directory")],
-    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides", show_default=False)] = None,
+    overrides: Overrides = None,
 ) -> None:
     """Evaluate the RAG baseline (methods rag_k{K}); writes results.jsonl, predictions.jsonl, manifest."""
     from kinject.config import load_config

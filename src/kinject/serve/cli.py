@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from kinject.benchcli import bench_app
+from kinject.cliargs import Overrides
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="serve YAML config (configs/serve/tiny.yaml)")]
-Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides", show_default=False)]
 
 
 def load_serve_config(config: Path, overrides: list[str] | None):

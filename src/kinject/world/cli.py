@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from kinject.cliargs import Overrides
+
 world_app = typer.Typer(help="Synthetic private-knowledge world: build, stats, foundation models.",
                         no_args_is_help=True)
 
@@ -16,7 +18,7 @@ def build_cmd(
     config: Annotated[Path, typer.Option("--config", "-c", help="world config YAML")] = Path("configs/world/tiny.yaml"),
     out: Annotated[Path, typer.Option("--out", help="output directory")] = Path("outputs/world"),
     force: Annotated[bool, typer.Option("--force", help="rebuild even if unchanged")] = False,
-    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides")] = None,
+    overrides: Overrides = None,
 ) -> None:
     """Generate a world (deterministic from the config's seed) into --out."""
     import time
@@ -49,7 +51,7 @@ def pretrain_cmd(
     world: Annotated[Path, typer.Option("--world", help="world directory (from world build)")],
     config: Annotated[Path, typer.Option("--config", "-c", help="foundation config YAML")] = Path("configs/world/foundation_tiny.yaml"),
     out: Annotated[Path, typer.Option("--out", help="output directory")] = Path("outputs/foundation"),
-    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides")] = None,
+    overrides: Overrides = None,
 ) -> None:
     """Train the world tokenizer, then pretrain the base and the expert init (general corpus only)."""
     from kinject.world.pretrain import pretrain_foundation
