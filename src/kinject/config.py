@@ -11,18 +11,59 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kinject.errors import UserError
 
 
 class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are errors, not silently ignored."""
+    """Base for every config section: unknown keys are errors, not silently ignored.
+
+    `renamed` maps a section's older key names to their names in the one training vocabulary
+    (`learning_rate`, `batch_size`, `max_steps`, `lr_scheduler`, a nested `lora:` section): files
+    and overrides with the older names still load; giving both spellings is an error."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    renamed: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_key_names(cls, data: Any) -> Any:
+        if not cls.renamed or not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in cls.renamed.items():
+            if old not in data:
+                continue
+            head, _, sub = new.partition(".")
+            given = data if not sub else dict(data.get(head) or {})
+            key = sub or new
+            if key in given:
+                raise ValueError(f"{old!r} and {new!r} are both given ({old!r} is the older name of {new!r})")
+            target = given if not sub else {**cls._section_default(head), **given}
+            target[key] = data.pop(old)
+            if sub:
+                data[head] = target
+        return data
+
+    @classmethod
+    def _section_default(cls, name: str) -> dict:
+        default = cls.model_fields[name].default if name in cls.model_fields else None
+        return default.model_dump() if isinstance(default, BaseModel) else {}
+
+
+class LoraSection(StrictModel):
+    """PEFT `LoraConfig` fields, one section for every stage that can train adapters."""
+
+    r: int = Field(16, ge=0, description="rank; 0 = no adapters (a full fine-tune where the stage allows one)")
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="module names, or 'all-linear'")
 
 
 class StageConfig(StrictModel):

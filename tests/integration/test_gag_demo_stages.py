@@ -36,7 +36,7 @@ def test_memory_and_gag_stages_run_then_skip(tmp_path, tiny_model_dir, tiny_toke
                tiny_tokenizer, foundation / "base")
     monkeypatch.setattr(mem_demo, "QUICK", {"domain": ["max_new_tokens=5", "layers=[last, minus2]"],
                                             "align": ["limit=10", "layers=[last, minus2]"]})
-    monkeypatch.setattr(gag_demo, "QUICK", ["alignment.steps=2", "domain.steps=2", "alignment.batch_size=4",
+    monkeypatch.setattr(gag_demo, "QUICK", ["alignment.max_steps=2", "domain.max_steps=2", "alignment.batch_size=4",
                                             "domain.batch_size=4", "w_sem=0.0"])
     ctx = DemoContext(out=tmp_path / "demo", quick=True,
                       artifacts={"world": world, "foundation": foundation,

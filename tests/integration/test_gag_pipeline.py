@@ -51,10 +51,10 @@ def test_memory_train_answer_end_to_end(tmp_path, tiny_model_dir, tiny_tokenizer
     (tmp_path / "s3.yaml").write_text(yaml.safe_dump({
         "kind": "gag_stage3", "base": str(tmp_path / "base"), "out": str(tmp_path / "s3"), "device": "cpu",
         "log_every": 2, "checkpoint_every": 5,
-        "alignment": {"data": str(tmp_path / "align.jsonl"), "memory": str(tmp_path / "align-mem"), "steps": 4,
-                      "lr": 1e-2, "batch_size": 4},
-        "domain": {"data": str(tmp_path / "dom.jsonl"), "memory": str(tmp_path / "dom-mem"), "steps": 6,
-                   "lr": 1e-2, "batch_size": 3}}))
+        "alignment": {"data": str(tmp_path / "align.jsonl"), "memory": str(tmp_path / "align-mem"), "max_steps": 4,
+                      "learning_rate": 1e-2, "batch_size": 4},
+        "domain": {"data": str(tmp_path / "dom.jsonl"), "memory": str(tmp_path / "dom-mem"), "max_steps": 6,
+                   "learning_rate": 1e-2, "batch_size": 3}}))
     run("gag", "train", "--config", str(tmp_path / "s3.yaml"))
     man = json.loads((tmp_path / "s3" / "manifest.json").read_text())
     assert man["metrics"]["global_steps"] == 10 and man["metrics"]["added_prompt_tokens"] == 4
@@ -114,7 +114,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_tokenizer):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({
             "kind": "gag_stage3", "base": str(tmp_path / "base"), "out": str(tmp_path / name), "device": "cpu",
             "w_sem": 0.0, "log_every": 1,
-            "domain": {"data": str(tmp_path / "d.jsonl"), "memory": str(tmp_path / "mem"), "steps": 2, "lr": 1e-2,
+            "domain": {"data": str(tmp_path / "d.jsonl"), "memory": str(tmp_path / "mem"), "max_steps": 2, "learning_rate": 1e-2,
                        "batch_size": 8}}))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("ACCELERATE_USE_CPU", None)

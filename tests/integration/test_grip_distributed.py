@@ -39,7 +39,7 @@ def test_grip_sft_under_torchrun_two_cpu_ranks(tiny_model_dir, tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "kinject.cli", "grip", "sft", "--config", str(REPO / "configs/grip/sft_tiny.yaml"),
          f"model={tiny_model_dir}", f"data={data}", f"out={out}", "epochs=1", "max_steps=-1",
-         "per_device_batch_size=4", "grad_accum=1", "max_length=512"],
+         "batch_size=4", "grad_accum=1", "max_length=512"],
         capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())

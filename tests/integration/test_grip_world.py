@@ -51,7 +51,7 @@ def test_grip_pipeline_on_tiny_world(world_and_index, tiny_model_dir, tmp_path):
 
     sft = load_config(REPO / "configs/grip/sft_tiny.yaml", [
         f"model={base}", f"data={tmp_path / 'synth/sft.jsonl'}", f"out={tmp_path / 'model'}", "max_steps=4",
-        "per_device_batch_size=8"], expect=GripSftConfig)
+        "batch_size=8"], expect=GripSftConfig)
     model = train_sft(sft)
     ev = load_config(REPO / "configs/grip/eval_tiny.yaml", [
         f"model={model}", f"index={index}", "base_model=null", "limit=12", "agent.max_new_tokens=16"],

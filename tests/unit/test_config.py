@@ -69,3 +69,24 @@ def test_override_into_value_is_error():
         apply_overrides({"name": "x"}, ["name.sub=1"])
     with pytest.raises(UserError, match="key.sub=value"):
         apply_overrides({}, ["novalue"])
+
+
+def test_one_training_vocabulary_older_names_still_load(tmp_path):
+    """`lr`, `steps`, `per_device_batch_size`, flat `lora_r` are older spellings of the one
+    vocabulary (`learning_rate`, `max_steps`, `batch_size`, `lora.r`): they load into the new
+    names (a nested one into its section, keeping the section's other defaults); both spellings
+    at once is one error line naming both."""
+    from kinject.gag.config import PhaseConfig
+    from kinject.grip.config import GripSftConfig
+
+    old = PhaseConfig(data="d", memory="m", steps=30, lr=1e-3)
+    assert (old.max_steps, old.learning_rate) == (30, 1e-3)
+    sft = load_config(write(tmp_path, "kind: grip_sft\nmodel: m\ndata: d\nlr: 0.01\nper_device_batch_size: 4\n"),
+                      ["lora_r=8", "scheduler=constant"], expect=GripSftConfig)
+    assert (sft.learning_rate, sft.batch_size, sft.lr_scheduler) == (0.01, 4, "constant")
+    assert (sft.lora.r, sft.lora.dropout, sft.lora.target_modules) == (8, 0.0, "all-linear")  # GRIP's defaults kept
+    assert "lr" not in sft.model_dump() and "lora_r" not in sft.model_dump()
+    with pytest.raises(UserError) as e:
+        load_config(write(tmp_path, "kind: grip_sft\nmodel: m\ndata: d\nlearning_rate: 0.1\n"), ["lr=0.2"],
+                    expect=GripSftConfig)
+    assert "'lr' and 'learning_rate' are both given" in str(e.value) and "\n" not in str(e.value)

@@ -52,7 +52,7 @@ def test_ablate_writes_variant_rows_and_table_and_skips_when_complete(tmp_path, 
     cfg = {"world": str(world), "base": str(base_dir), "experts": str(tmp_path / "unused"), "memory_root": str(mem),
            "stores_root": str(tmp_path / "stores"), "out": str(tmp_path / "abl"), "domains": ["materials"],
            "variants": {"gag": {}, "gag_nll_only": {"overrides": ["w_sem=0", "w_div=0"]}},
-           "stage3_overrides": ["alignment.steps=2", "domain.steps=2", "alignment.batch_size=4",
+           "stage3_overrides": ["alignment.max_steps=2", "domain.max_steps=2", "alignment.batch_size=4",
                                 "domain.batch_size=4", "device=cpu"]}
     path = tmp_path / "abl.yaml"
     path.write_text(yaml.safe_dump(cfg))

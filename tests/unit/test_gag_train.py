@@ -48,14 +48,14 @@ def make_data(root, name, n=4, seed=0, trajectories=False, layers=("last", "minu
 def config(tmp_path, base_dir, **kw):
     data, mem = make_data(tmp_path, "dom")
     cfg = {"base": str(base_dir), "out": str(tmp_path / "out"), "device": "cpu", "log_every": 1,
-           "domain": {"data": str(data), "memory": str(mem), "steps": 8, "lr": 1e-2, "batch_size": 4}, **kw}
+           "domain": {"data": str(data), "memory": str(mem), "max_steps": 8, "learning_rate": 1e-2, "batch_size": 4}, **kw}
     return Stage3Config.model_validate(cfg)
 
 
 def test_base_gets_no_gradient_stays_bit_identical_and_injector_learns(tmp_path, base_dir):
     cfg = config(tmp_path, base_dir, w_sem=0.01, w_div=0.001)
-    cfg.domain.steps = 20
-    cfg.domain.lr = 2e-2
+    cfg.domain.max_steps = 20
+    cfg.domain.learning_rate = 2e-2
     tr = Stage3Trainer(cfg)
     before = {k: v.clone() for k, v in tr.base.model.state_dict().items()}
     inj_before = {k: v.clone() for k, v in tr.injector.state_dict().items()}
@@ -105,7 +105,7 @@ def test_resume_across_the_phase_boundary_equals_uninterrupted(tmp_path, base_di
         root.mkdir()
         adata, amem = make_data(root, "gen", n=8, seed=5)
         cfg = config(root, base_dir, w_sem=0.0, checkpoint_every=1, keep_checkpoints=1,
-                     alignment={"data": str(adata), "memory": str(amem), "steps": 5, "lr": 5e-3, "batch_size": 4})
+                     alignment={"data": str(adata), "memory": str(amem), "max_steps": 5, "learning_rate": 5e-3, "batch_size": 4})
         if stop:
             assert Stage3Trainer(cfg).train(stop_after=stop, progress=False) == {"stopped_at": stop}
         m = Stage3Trainer(cfg).train(progress=False)
@@ -117,7 +117,7 @@ def test_resume_across_the_phase_boundary_equals_uninterrupted(tmp_path, base_di
 def test_alignment_then_domain_phases(tmp_path, base_dir):
     adata, amem = make_data(tmp_path, "gen", n=8, seed=5)
     cfg = config(tmp_path, base_dir, w_sem=0.0,
-                 alignment={"data": str(adata), "memory": str(amem), "steps": 5, "lr": 5e-3, "batch_size": 4,
+                 alignment={"data": str(adata), "memory": str(amem), "max_steps": 5, "learning_rate": 5e-3, "batch_size": 4,
                             "warmup_ratio": 0.4})
     Stage3Trainer(cfg).train(progress=False)
     hist = [json.loads(line) for line in (tmp_path / "out" / "history.jsonl").read_text().splitlines()]
@@ -131,7 +131,7 @@ def test_attention_pooling_trains_on_trajectories(tmp_path, base_dir):
     data, mem = make_data(tmp_path, "traj", trajectories=True)
     cfg = Stage3Config.model_validate({"base": str(base_dir), "out": str(tmp_path / "out"), "device": "cpu",
                                        "w_sem": 0.0, "injector": {"pooling": "attention", "attention_dim": 8},
-                                       "domain": {"data": str(data), "memory": str(mem), "steps": 3, "lr": 1e-2,
+                                       "domain": {"data": str(data), "memory": str(mem), "max_steps": 3, "learning_rate": 1e-2,
                                                   "batch_size": 4}})
     tr = Stage3Trainer(cfg)
     q0 = tr.injector.pooler.queries.detach().clone()
@@ -154,7 +154,7 @@ def test_missing_memories_and_mismatched_injector(tmp_path, base_dir):
     bad = cfg.model_copy(update={"domain": cfg.domain.model_copy(update={"data": str(extra)})})
     with pytest.raises(UserError, match="1 of 1 rows have no memory"):
         Stage3Trainer(bad)
-    cfg.domain.steps = 1
+    cfg.domain.max_steps = 1
     Stage3Trainer(cfg).train(progress=False)
     _, mem1 = make_data(tmp_path, "one", layers=("last",))
     data, _ = make_data(tmp_path, "dom2")
@@ -167,7 +167,7 @@ def test_missing_memories_and_mismatched_injector(tmp_path, base_dir):
 
 def test_cli_train_and_one_line_errors(tmp_path, base_dir):
     cfg = config(tmp_path, base_dir, w_sem=0.0)
-    cfg.domain.steps = 2
+    cfg.domain.max_steps = 2
     path = tmp_path / "s3.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     from typer.testing import CliRunner

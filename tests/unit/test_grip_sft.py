@@ -83,8 +83,8 @@ def test_short_sft_fits_the_targets(tiny_model_dir, tmp_path):
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     cfg = load_config(None, [f"model={tiny_model_dir}", f"data={data}", f"out={tmp_path / 'm'}", "epochs=30",
-                             "lr=3e-3", "per_device_batch_size=4", "warmup_ratio=0", "logging_steps=1",
-                             "max_length=512", "scheduler=constant", "weight_decay=0"], expect=GripSftConfig)
+                             "learning_rate=3e-3", "batch_size=4", "warmup_ratio=0", "logging_steps=1",
+                             "max_length=512", "lr_scheduler=constant", "weight_decay=0"], expect=GripSftConfig)
     out = train_sft(cfg)
     man = json.loads((out / "manifest.json").read_text())["metrics"]
     assert man["rows"] == 4 and man["steps"] == 30
@@ -152,7 +152,7 @@ def test_turn_text_tokenizes_as_a_closed_book_answer(tiny_tokenizer):
 
 
 def test_lora_sft_touches_only_adapters_and_control_rows(tiny_model_dir, tmp_path):
-    """`lora_r`: the saved model is a plain merged checkpoint; of the embedding (tied with the LM
+    """`lora.r`: the saved model is a plain merged checkpoint; of the embedding (tied with the LM
     head) only the control tokens' rows moved, the linear layers moved (merged adapters)."""
     import torch
 
@@ -164,7 +164,7 @@ def test_lora_sft_touches_only_adapters_and_control_rows(tiny_model_dir, tmp_pat
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     cfg = load_config(None, [f"model={tiny_model_dir}", f"data={data}", f"out={tmp_path / 'm'}", "max_steps=4",
-                             "lr=1e-2", "per_device_batch_size=4", "lora_r=4", "control_init=keep",
+                             "learning_rate=1e-2", "batch_size=4", "lora.r=4", "control_init=keep",
                              "max_length=512"], expect=GripSftConfig)
     out = train_sft(cfg)
     base, tok = load_causal_lm(tiny_model_dir, device="cpu", dtype="float32")

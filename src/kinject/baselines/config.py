@@ -4,18 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from kinject.config import StageConfig, StrictModel, register_config
+from kinject.config import LoraSection, StageConfig, register_config
 from kinject.expert.config import TrainSection
-
-
-class LoraSection(StrictModel):
-    """peft `LoraConfig` fields (the paper-style parametric baseline: adapters on attention + MLP)."""
-
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
 @register_config

@@ -54,8 +54,14 @@ def lora_inputs_hash(cfg: LoraBaselineConfig) -> str:
 def peft_config(cfg: LoraBaselineConfig, model):
     from peft import LoraConfig
 
+    if cfg.lora.r < 1:
+        raise UserError("lora.r must be >= 1 for the LoRA baseline (it trains adapters only)")
+    targets = cfg.lora.target_modules
+    if isinstance(targets, str):  # "all-linear": PEFT resolves it
+        return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=targets, task_type="CAUSAL_LM")
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [t for t in cfg.lora.target_modules if t not in names]
+    missing = [t for t in targets if t not in names]
     if missing:
         raise UserError(f"lora.target_modules {missing} are not modules of {cfg.base} "
                         f"(it has e.g. {', '.join(sorted(n for n in names if n.endswith('proj'))[:8])})")

@@ -119,8 +119,8 @@ def bench_grip_sft(cfg, data: dict, work: Path) -> dict:
     from kinject.models import load_tokenizer
 
     batch = 16
-    c = GripSftConfig(model=data["base"], data=data["grip_sft"], out=str(work / "grip_sft"), lr=1e-3,
-                      max_steps=cfg.warmup_steps + cfg.steps, per_device_batch_size=batch, max_length=512,
+    c = GripSftConfig(model=data["base"], data=data["grip_sft"], out=str(work / "grip_sft"), learning_rate=1e-3,
+                      max_steps=cfg.warmup_steps + cfg.steps, batch_size=batch, max_length=512,
                       threads=cfg.threads or 1, logging_steps=10_000, epochs=1)
     tok = load_tokenizer(data["base"])
     recs = sft_records(read_sft_rows(c.data), tok)
@@ -152,7 +152,7 @@ def _stage3_rate(cfg, data: dict, work: Path, base_dtype: str) -> dict:
     c = Stage3Config(base=data["base"], out=str(work / "stage3"), threads=cfg.threads, base_dtype=base_dtype,
                      answer_format=cfg.stage3_answer_format, injector=shipped_gag_preset()[0],
                      domain=PhaseConfig(data=data["stage3_rows"], memory=data["stage3_memory"],
-                                        steps=cfg.warmup_steps + cfg.steps, batch_size=batch, lr=5e-4))
+                                        max_steps=cfg.warmup_steps + cfg.steps, batch_size=batch, learning_rate=5e-4))
     tr = Stage3Trainer(c)
     phase = tr.phases[0]
     targets = tr._targets(phase)

@@ -14,10 +14,12 @@ from kinject.config import StageConfig, StrictModel, register_config
 class PhaseConfig(StrictModel):
     """One training phase: JSONL rows `{question, answer, [id], [background]}` + their memories."""
 
+    renamed = {"steps": "max_steps", "lr": "learning_rate"}
+
     data: str
     memory: str
-    steps: int = Field(100, ge=0)
-    lr: float = Field(1e-4, gt=0)
+    max_steps: int = Field(100, ge=0)
+    learning_rate: float = Field(1e-4, gt=0)
     batch_size: int = Field(16, ge=1)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     limit: int | None = None

@@ -18,7 +18,7 @@ from kinject.demo import DemoContext, stage
 from kinject.resources import shipped
 
 DOMAINS = ("materials", "adjuvant")
-QUICK = ["alignment.steps=250", "alignment.limit=4000", "domain.steps=60"]  # memory QUICK builds 500 dev + 4000 align items
+QUICK = ["alignment.max_steps=250", "alignment.limit=4000", "domain.max_steps=60"]  # memory QUICK builds 500 dev + 4000 align items
 SPLITS = {"dev": "{d}", "dev_para": "{d}_para"}  # world split -> results dataset name
 
 

@@ -229,8 +229,8 @@ class Stage3Trainer:
             if pi < state["phase"]:
                 continue
             targets = self._targets(phase)
-            opt = torch.optim.AdamW(params, lr=phase.cfg.lr, weight_decay=cfg.weight_decay)
-            total = phase.cfg.steps
+            opt = torch.optim.AdamW(params, lr=phase.cfg.learning_rate, weight_decay=cfg.weight_decay)
+            total = phase.cfg.max_steps
             sched = get_linear_schedule_with_warmup(opt, int(phase.cfg.warmup_ratio * total), max(total, 1))
             start = 0
             if ckpt and pi == resume_phase:  # the checkpoint's phase only, not every later one

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from kinject.config import StageConfig, StrictModel, register_config
+from kinject.config import LoraSection, StageConfig, StrictModel, register_config
 
 
 class RewriterConfig(StrictModel):
@@ -71,6 +71,8 @@ class GripSftConfig(StageConfig):
     """`kinject grip sft`: loss on the target turn only (TRL SFTTrainer, prompt-completion)."""
 
     kind: str = "grip_sft"
+    renamed = {"lr": "learning_rate", "scheduler": "lr_scheduler", "per_device_batch_size": "batch_size",
+               "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout"}
     model: str = Field(description="model to fine-tune (release: the base, not instruct)")
     data: str = Field(description="sft.jsonl written by `kinject grip synth`")
     out: str = "outputs/grip/sft"
@@ -78,21 +80,19 @@ class GripSftConfig(StageConfig):
     # `words`: start the control tokens' embeddings at their words' mean (sft.init_control_embeddings;
     # for a base that never trained them); `keep`: as loaded (continuing from a GRIP checkpoint)
     control_init: Literal["words", "keep"] = "words"
-    # LoRA (PEFT) instead of a full fine-tune: `lora_r` > 0 trains rank-r adapters on every linear
+    # LoRA (PEFT) instead of a full fine-tune: `lora.r` > 0 trains rank-r adapters on every linear
     # layer plus the control tokens' embedding rows only, then merges them into the saved model
-    lora_r: int = Field(0, ge=0)
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
+    lora: LoraSection = LoraSection(r=0, dropout=0.0, target_modules="all-linear")
     epochs: float = 8.0
     max_steps: int = -1  # > 0: stop after this many optimizer steps (overrides epochs)
-    lr: float = 1e-6
-    scheduler: str = "cosine"
+    learning_rate: float = 1e-6
+    lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.1
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    per_device_batch_size: int = 8
+    batch_size: int = Field(8, ge=1, description="per device")
     grad_accum: int = 1
     max_length: int = 8192
     bf16: bool = False

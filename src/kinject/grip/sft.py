@@ -73,8 +73,8 @@ def lora_wrap(model, tok, cfg):
     are merged into the saved model (`merge_and_unload`)."""
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                             target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
     if cfg.control_tokens == "special":
         # By hand, not PEFT's `trainable_token_indices`: its wrapper of the tied LM head breaks TRL's
         # fused LM-head loss (AttributeError: 'TrainableTokensWrapper' object has no attribute
@@ -155,16 +155,16 @@ def train_sft(cfg, out: str | Path | None = None) -> Path:
     if cfg.bf16 and torch.cuda.is_available():
         device_kw["bf16"] = True
     args = SFTConfig(
-        output_dir=str(work), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.lr,
-        lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup_ratio, adam_beta1=cfg.adam_beta1,
-        adam_beta2=cfg.adam_beta2, weight_decay=0.0 if cfg.lora_r else cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-        per_device_train_batch_size=cfg.per_device_batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        output_dir=str(work), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2, weight_decay=0.0 if cfg.lora.r else cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         max_length=cfg.max_length, completion_only_loss=True, logging_steps=cfg.logging_steps,
         save_strategy="no", report_to="none", seed=cfg.seed,
         dataloader_num_workers=0, disable_tqdm=False,
         **device_kw,
     )
-    if cfg.lora_r:
+    if cfg.lora.r:
         model = lora_wrap(model, tok, cfg)
         rec.extra["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(recs), processing_class=tok)
@@ -178,7 +178,7 @@ def train_sft(cfg, out: str | Path | None = None) -> Path:
     rank, _ = rank_and_world()
     if rank == 0:
         model = trainer.model
-        if cfg.lora_r:
+        if cfg.lora.r:
             model = model.merge_and_unload()  # a plain checkpoint: the agent and RL load it as is
         dtype = resolve_dtype(cfg.save_dtype) if cfg.save_dtype != "auto" else None
         with atomic_dir(out) as tmp:
