@@ -93,7 +93,9 @@ def test_memory_train_answer_end_to_end(tmp_path, tiny_model_dir, tiny_tokenizer
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_tokenizer):
-    """Each rank takes batch[rank::2]; averaged gradients equal the full batch's (equal answer lengths)."""
+    """Each rank takes batch[rank::2]; averaged gradients equal the full batch's (equal answer lengths),
+    in both phases (the injector is wrapped anew for each) and with the semantic head, which runs
+    outside the wrapped forward."""
     import os
 
     from kinject.memory.store import MemoryStore, StoreMeta
@@ -113,9 +115,9 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_tokenizer):
     for name in ("one", "two"):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({
             "kind": "gag_stage3", "base": str(tmp_path / "base"), "out": str(tmp_path / name), "device": "cpu",
-            "w_sem": 0.0, "log_every": 1,
-            "domain": {"data": str(tmp_path / "d.jsonl"), "memory": str(tmp_path / "mem"), "max_steps": 2, "learning_rate": 1e-2,
-                       "batch_size": 8}}))
+            "w_sem": 0.01, "log_every": 1,
+            **{phase: {"data": str(tmp_path / "d.jsonl"), "memory": str(tmp_path / "mem"), "max_steps": 2,
+                       "learning_rate": 1e-2, "batch_size": 8} for phase in ("alignment", "domain")}}))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("ACCELERATE_USE_CPU", None)
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -125,6 +127,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_tokenizer):
     run("gag", "train", "--config", str(tmp_path / "one.yaml"))
     one, two = ([json.loads(line) for line in (tmp_path / n / "history.jsonl").read_text().splitlines()]
                 for n in ("one", "two"))
+    assert len(one) == len(two) == 4
     for a, b in zip(one, two):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)

@@ -84,16 +84,30 @@ def test_resume_equals_uninterrupted(tmp_path, base_dir):
     Stage3Trainer(a).train(progress=False)
     (tmp_path / "b").mkdir()
     b = config(tmp_path / "b", base_dir, checkpoint_every=2, w_sem=0.0)
-    assert Stage3Trainer(b).train(stop_after=5, progress=False) == {"stopped_at": 5}
+    tr = Stage3Trainer(b)
+    rng = torch.get_rng_state()
+    assert tr.train(stop_after=5, progress=False) == {"stopped_at": 5}
     ckpts = sorted(p.name for p in (tmp_path / "b" / "out" / "checkpoints").iterdir())
     assert ckpts == ["ckpt-000002", "ckpt-000004"]  # keep_checkpoints=2; step 5 was lost
+    torch.manual_seed(123)
     m = Stage3Trainer(b).train(progress=False)
     assert m["steps_this_run"] == 4 and m["global_steps"] == 8
+    assert torch.equal(torch.get_rng_state(), rng)  # the checkpoint's RNG state, restored (training draws none)
     wa = Injector.load(tmp_path / "a" / "out" / "injector").state_dict()
     wb = Injector.load(tmp_path / "b" / "out" / "injector").state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     hist = [json.loads(line) for line in (tmp_path / "b" / "out" / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in hist] == list(range(1, 9))
+
+
+def test_checkpoint_of_the_older_format_is_refused(tmp_path, base_dir):
+    cfg = config(tmp_path, base_dir, w_sem=0.0)
+    old = tmp_path / "out" / "checkpoints" / "ckpt-000004"
+    old.mkdir(parents=True)
+    (old / "state.json").write_text(json.dumps({"phase": 0, "phase_step": 4, "global_step": 4}))
+    (old / "optimizer.safetensors").write_bytes(b"")
+    with pytest.raises(UserError, match=r"ckpt-000004 is a Stage III checkpoint of an older format.*remove .*checkpoints"):
+        Stage3Trainer(cfg)
 
 
 def test_resume_across_the_phase_boundary_equals_uninterrupted(tmp_path, base_dir):

@@ -5,11 +5,13 @@ has its own AdamW (weight decay from the config) and linear warmup/decay schedul
 injector carries over. Only injector parameters are trainable: the base is frozen
 (`requires_grad_(False)`, eval mode) and a test proves it stays bit-identical.
 
-Batches are a pure function of (seed, phase, step) (one permutation per epoch), so resuming
-from a checkpoint needs no RNG state: a resumed run equals an uninterrupted one. Checkpoints
-(`checkpoints/ckpt-NNNNNN/`) hold the injector (safetensors + JSON), the optimizer state as
-safetensors and a JSON state (phase, step, scheduler); no pickles. Under torchrun each rank
-takes `batch[rank::world]` and gradients are averaged across ranks before the step.
+The loop is accelerate's: the injector, optimizer and schedule go through `prepare`, the loss
+through `backward`, and checkpoints (`checkpoints/ckpt-NNNNNN/`) are `save_state` /
+`load_state` folders (optimizer, scheduler, each rank's RNG states) plus the injector in its
+own format (`injector/`) and `state.json` (phase, step). Batches are a pure function of
+(seed, phase, step) (one permutation per epoch), so a resumed run equals an uninterrupted one.
+Under torchrun the injector is wrapped in DDP: each rank takes `batch[rank::world]` and
+backward averages the gradients across ranks.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from kinject.errors import UserError
 from kinject.eval.data import gold_answers
 from kinject.gag.base import InjectedBase
 from kinject.gag.config import PhaseConfig, Stage3Config
-from kinject.gag.injector import Injector, InjectorConfig, memory_batch
+from kinject.gag.injector import WEIGHTS_FILE, Injector, InjectorConfig, memory_batch
 from kinject.gag.losses import diversity_loss, masked_mean, semantic_loss
 from kinject.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from kinject.memory.store import MemoryStore, item_id, row_question
@@ -78,9 +80,12 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
 
 
 def stage3_losses(injector: Injector, base: InjectedBase, rows: list[dict], store: MemoryStore,
-                  targets: torch.Tensor | None, w_sem: float, w_div: float, max_length: int = 512) -> dict:
-    """All loss terms for one batch of rows (`id, question, answer`, optional `instruction`)."""
-    z = injector(**memory_batch(injector, store, [r["id"] for r in rows]))
+                  targets: torch.Tensor | None, w_sem: float, w_div: float, max_length: int = 512,
+                  model: torch.nn.Module | None = None) -> dict:
+    """All loss terms for one batch of rows (`id, question, answer`, optional `instruction`).
+    `model`: the injector as `accelerate.prepare` wrapped it (under torchrun, DDP syncs the
+    gradients of what runs through its forward)."""
+    z = (model or injector)(**memory_batch(injector, store, [r["id"] for r in rows]))
     tb = base.encode_train_split([r["question"] for r in rows], [r["answer"] for r in rows], max_length,
                            [r.get("instruction") for r in rows]).to(base.device)
     use_sem = w_sem > 0 and injector.semantic_head is not None and targets is not None
@@ -97,47 +102,40 @@ def stage3_losses(injector: Injector, base: InjectedBase, rows: list[dict], stor
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def _optimizer_to_tensors(opt) -> tuple[dict[str, torch.Tensor], list]:
-    sd = opt.state_dict()
-    tensors = {f"{pid}.{k}": v.detach().cpu().contiguous() for pid, st in sd["state"].items()
-               for k, v in st.items() if torch.is_tensor(v)}
-    return tensors, sd["param_groups"]
-
-
-def _optimizer_from_tensors(opt, tensors: dict[str, torch.Tensor], groups: list) -> None:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-def save_checkpoint(out: Path, injector: Injector, opt, sched, state: dict, history: list[dict], keep: int) -> Path:
-    from safetensors.torch import save_file
-
-    from kinject.io import atomic_dir
-
+def save_checkpoint(acc, out: Path, state: dict, history: list[dict], keep: int) -> Path:
+    """Every rank calls this (each writes its RNG state); the folder appears only once complete."""
     root = out / CKPT_DIR
     path = root / f"ckpt-{state['global_step']:06d}"
-    with atomic_dir(path) as tmp:
-        injector.save(tmp / "injector")
-        tensors, groups = _optimizer_to_tensors(opt)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        write_json_atomic(tmp / "state.json", {**state, "param_groups": groups, "scheduler": sched.state_dict()})
-    write_jsonl_atomic(out / "history.jsonl", history)
-    for old in sorted(root.glob("ckpt-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    tmp = root / f".{path.name}.tmp"  # one name for all ranks
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    acc.save_state(tmp)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        write_json_atomic(tmp / "state.json", state)
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+        write_jsonl_atomic(out / "history.jsonl", history)
+        for old in sorted(root.glob("ckpt-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     return path
 
 
 def latest_checkpoint(out: Path) -> Path | None:
     done = [p for p in sorted((out / CKPT_DIR).glob("ckpt-*")) if (p / "state.json").is_file()]
+    if done and (done[-1] / "optimizer.safetensors").is_file():  # written before checkpoints were accelerate's
+        raise UserError(f"{done[-1]} is a Stage III checkpoint of an older format, which cannot be resumed; remove "
+                        f"{out / CKPT_DIR} to train from the start (init_injector: {done[-1] / 'injector'} starts "
+                        f"from its weights)")
     return done[-1] if done else None
 
 
 # ---------------------------------------------------------------------------- trainer
 class Stage3Trainer:
     def __init__(self, cfg: Stage3Config, base: InjectedBase | None = None, say=None):
+        from accelerate import DataLoaderConfiguration, DistributedDataParallelKwargs
+
         from kinject.distributed import make_accelerator
 
         self.cfg = cfg
@@ -149,7 +147,13 @@ class Stage3Trainer:
                        if p is not None]
         if not self.phases:
             raise UserError("gag train: the config has neither an `alignment` nor a `domain` phase")
-        self.accelerator = make_accelerator()
+        # the global batch is split across ranks (one schedule step per optimizer step); the
+        # semantic head runs outside the DDP forward, or not at all: a static graph allows both
+        self.accelerator = make_accelerator(
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
+            kwargs_handlers=[DistributedDataParallelKwargs(static_graph=True)])
+        self.accelerator.register_save_state_pre_hook(self._save_injector)
+        self.accelerator.register_load_state_pre_hook(self._load_injector)
         metas = [(f"{p.name} memory store {p.store.root}", p.store.meta) for p in self.phases]
         if base is None:
             device = str(self.accelerator.device) if cfg.device == "auto" else cfg.device
@@ -207,6 +211,19 @@ class Stage3Trainer:
             phase.targets = torch.from_numpy(self.encoder.encode([r["answer"] for r in phase.rows]))
         return phase.targets
 
+    def _save_injector(self, models, weights, out) -> None:
+        """save_state hook: the checkpoint holds the injector once, in its own format (config + weights)."""
+        if self.accelerator.is_main_process:
+            self.injector.save(Path(out) / "injector")
+        weights.clear()
+
+    def _load_injector(self, models, ckpt) -> None:
+        """load_state hook: the injector's weights come from the checkpoint's `injector/`."""
+        from safetensors.torch import load_file
+
+        self.injector.load_state_dict(load_file(str(Path(ckpt) / "injector" / WEIGHTS_FILE)))
+        models.clear()
+
     def train(self, stop_after: int | None = None, progress: bool = True) -> dict:
         """Run (or resume) all phases; `stop_after` global steps simulates an interruption."""
         from rich.progress import Progress
@@ -229,15 +246,14 @@ class Stage3Trainer:
             if pi < state["phase"]:
                 continue
             targets = self._targets(phase)
+            acc.free_memory()  # a fresh optimizer and schedule per phase; save_state holds this phase's only
             opt = torch.optim.AdamW(params, lr=phase.cfg.learning_rate, weight_decay=cfg.weight_decay)
             total = phase.cfg.max_steps
             sched = get_linear_schedule_with_warmup(opt, int(phase.cfg.warmup_ratio * total), max(total, 1))
+            model, opt, sched = acc.prepare(self.injector, opt, sched)
             start = 0
             if ckpt and pi == resume_phase:  # the checkpoint's phase only, not every later one
-                from safetensors.torch import load_file
-
-                _optimizer_from_tensors(opt, load_file(str(ckpt / "optimizer.safetensors")), state["param_groups"])
-                sched.load_state_dict(state["scheduler"])
+                acc.load_state(ckpt)  # injector, optimizer, scheduler, RNG states
                 start = state["phase_step"]
             self.injector.train()
             with Progress(disable=not progress or not acc.is_main_process, transient=True) as bar:
@@ -249,15 +265,10 @@ class Stage3Trainer:
                     rows = [phase.rows[i] for i in idx[rank::world]]
                     tgt = targets[idx[rank::world]] if targets is not None else None
                     losses = stage3_losses(self.injector, self.base, rows, phase.store, tgt, cfg.w_sem, cfg.w_div,
-                                           cfg.max_length)
+                                           cfg.max_length, model=model)
                     opt.zero_grad(set_to_none=True)
-                    losses["loss"].backward()
-                    if world > 1:  # average gradients across ranks (the base has none to sync)
-                        for p in params:
-                            if p.grad is None:
-                                p.grad = torch.zeros_like(p)
-                            p.grad = acc.reduce(p.grad, reduction="mean")
-                    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+                    acc.backward(losses["loss"])
+                    gnorm = acc.clip_grad_norm_(params, cfg.clip)
                     opt.step()
                     sched.step()
                     steps_run += 1
@@ -271,9 +282,8 @@ class Stage3Trainer:
                                "grad_norm": float(gnorm), **dict(zip(TERMS, terms.tolist()))}
                         history.append(row)
                         bar.update(task, description=f"stage III {phase.name} loss {row['loss']:.3f}")
-                    if acc.is_main_process and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == total):
-                        save_checkpoint(self.out, acc.unwrap_model(self.injector), opt, sched, state, history,
-                                        cfg.keep_checkpoints)
+                    if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
+                        save_checkpoint(acc, self.out, state, history, cfg.keep_checkpoints)
                     bar.advance(task)
             if total == 0:
                 state = {"phase": pi + 1, "phase_step": 0, "global_step": state["global_step"]}
