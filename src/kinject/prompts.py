@@ -52,9 +52,10 @@ def expert_messages(instruction: str, question: str) -> list[dict]:
     return [{"role": "user", "content": f"{instruction}\nQuestion: {question}"}]
 
 
-def background_messages(question: str, system: str = "") -> list[dict]:
+def background_messages(question: str, system: str = "", request: str = BACKGROUND_REQUEST) -> list[dict]:
+    """`request` is recorded with the memories (`kinject.memory.spec`), so a store keeps the line it was asked with."""
     msgs = [{"role": "system", "content": system}] if system else []
-    return msgs + [{"role": "user", "content": _join(BACKGROUND_REQUEST, f"Question: {question}")}]
+    return msgs + [{"role": "user", "content": _join(request, f"Question: {question}")}]
 
 
 def with_answer(messages: list[dict], answer: str) -> list[dict]:

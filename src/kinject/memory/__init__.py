@@ -1,5 +1,7 @@
 """GAG memory construction, as in the GAG paper.
 
+spec.py        the background spec (system prompt, request, length cap): recorded in the store and
+               the injector, used by every online path
 background.py  expert background generation + multi-layer hidden states per generated token
 layers.py      layer keys (`last`, `minusK`) -> `hidden_states` indices
 compress.py    slot compression (`segment_softmax`, `adaptive_avg`) and stabilization

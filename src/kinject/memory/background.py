@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from kinject.memory.layers import check_layer_keys
-from kinject.prompts import background_messages, render
+from kinject.memory.spec import DEFAULT_MAX_NEW_TOKENS
+from kinject.prompts import BACKGROUND_REQUEST, background_messages, render
 
 
 @dataclass
@@ -34,8 +35,9 @@ class Trace:
         return len(self.token_ids)
 
 
-def background_prompts(tokenizer, questions: Sequence[str], system: str = "") -> list[str]:
-    return [render(tokenizer, background_messages(q, system)) for q in questions]
+def background_prompts(tokenizer, questions: Sequence[str], system: str = "",
+                       request: str = BACKGROUND_REQUEST) -> list[str]:
+    return [render(tokenizer, background_messages(q, system, request)) for q in questions]
 
 
 @torch.no_grad()
@@ -74,14 +76,15 @@ def generate_backgrounds(
     questions: Sequence[str],
     layer_keys: Sequence[str],
     system: str = "",
-    max_new_tokens: int = 128,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = 16,
+    request: str = BACKGROUND_REQUEST,
 ) -> list[Trace]:
     """Greedy background per question + its per-token states for `layer_keys`."""
     from kinject.generation import generate_texts
 
     check_layer_keys(layer_keys, model.config.num_hidden_layers)
-    prompts = background_prompts(tokenizer, questions, system)
+    prompts = background_prompts(tokenizer, questions, system, request)
     gens = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     traces: list[Trace] = []
     for i in range(0, len(prompts), batch_size):
@@ -100,10 +103,11 @@ def encode_backgrounds(
     layer_keys: Sequence[str],
     system: str = "",
     batch_size: int = 16,
+    request: str = BACKGROUND_REQUEST,
 ) -> list[Trace]:
     """States of a given background text read as the expert's answer (teacher forcing)."""
     check_layer_keys(layer_keys, model.config.num_hidden_layers)
-    prompts = background_prompts(tokenizer, questions, system)
+    prompts = background_prompts(tokenizer, questions, system, request)
     ids = [tuple(tokenizer(b, add_special_tokens=False)["input_ids"]) for b in backgrounds]
     traces: list[Trace] = []
     for i in range(0, len(prompts), batch_size):
@@ -112,13 +116,14 @@ def encode_backgrounds(
     return traces
 
 
-def prefill_split(tokenizer, question: str, system: str = "", answer_prefix: str = "") -> tuple[str, tuple[int, ...]]:
+def prefill_split(tokenizer, question: str, system: str = "", answer_prefix: str = "",
+                  request: str = BACKGROUND_REQUEST) -> tuple[str, tuple[int, ...]]:
     """(head text, ids read) of one question's background prompt: the ids start at the question as
     the template wrote it and run through the end of the user turn, the assistant header and
     `answer_prefix`. The head (system prompt, request) is the same for every question, so its
     states carry nothing about it and are not read. A template that does not show the question
     verbatim: the whole prompt is read."""
-    prompt = background_prompts(tokenizer, [question], system)[0]
+    prompt = background_prompts(tokenizer, [question], system, request)[0]
     k = prompt.rfind(question) if question else -1
     head, tail = (prompt[:k], prompt[k:]) if k >= 0 else ("", prompt)
     return head, tuple(tokenizer(tail + answer_prefix, add_special_tokens=False)["input_ids"])
@@ -132,6 +137,7 @@ def prefill_traces(
     system: str = "",
     answer_prefix: str = "",
     batch_size: int = 16,
+    request: str = BACKGROUND_REQUEST,
 ) -> list[Trace]:
     """Memories without decoding: per question, the expert's states `[L, T, d]` over the question
     and `answer_prefix` (`prefill_split`), read in one teacher-forced forward pass per batch; no
@@ -139,7 +145,7 @@ def prefill_traces(
     these states can carry it at the cost of one short prefill. `Trace.text` is the prefix (no
     background was written); `token_ids` are the ids read."""
     check_layer_keys(layer_keys, model.config.num_hidden_layers)
-    splits = [prefill_split(tokenizer, q, system, answer_prefix) for q in questions]
+    splits = [prefill_split(tokenizer, q, system, answer_prefix, request) for q in questions]
     traces: list[Trace] = []
     for i in range(0, len(splits), batch_size):
         chunk = splits[i:i + batch_size]

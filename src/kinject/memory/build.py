@@ -65,12 +65,14 @@ def build_memory(cfg: MemoryBuildConfig, progress: bool = True) -> dict:
     items = load_items(cfg)
     model, tok = load_causal_lm(cfg.expert, device=cfg.device, dtype=cfg.model_dtype)
     check_layer_keys(cfg.layers, model.config.num_hidden_layers)
+    spec = cfg.background_spec()
     meta = StoreMeta(expert=str(cfg.expert), expert_hidden=model.config.hidden_size,
                      expert_layers=model.config.num_hidden_layers, expert_fingerprint=model_fingerprint(model),
                      layers=list(cfg.layers),
                      slots=cfg.slots, pooling=cfg.pooling, tau=cfg.tau, dtype=cfg.dtype,
                      trajectories=cfg.keep_trajectories,
-                     prefill_prefix=cfg.answer_prefix if cfg.source == "prefill" else None)
+                     prefill_prefix=cfg.answer_prefix if cfg.source == "prefill" else None,
+                     background_spec=spec)
     out = Path(cfg.out)
     rank, world = rank_and_world()
     done: set[str] = set()
@@ -92,13 +94,14 @@ def build_memory(cfg: MemoryBuildConfig, progress: bool = True) -> dict:
             chunk = todo[i:i + cfg.shard_size]
             qs = [c["question"] for c in chunk]
             if cfg.source == "generate":
-                traces = generate_backgrounds(model, tok, qs, cfg.layers, cfg.system,
-                                              cfg.max_new_tokens, cfg.batch_size)
+                traces = generate_backgrounds(model, tok, qs, cfg.layers, spec.system,
+                                              spec.max_new_tokens, cfg.batch_size, spec.request)
             elif cfg.source == "prefill":
-                traces = prefill_traces(model, tok, qs, cfg.layers, cfg.system, cfg.answer_prefix, cfg.batch_size)
+                traces = prefill_traces(model, tok, qs, cfg.layers, spec.system, cfg.answer_prefix, cfg.batch_size,
+                                        spec.request)
             else:
                 traces = encode_backgrounds(model, tok, qs, [c["background"] for c in chunk],
-                                            cfg.layers, cfg.system, cfg.batch_size)
+                                            cfg.layers, spec.system, cfg.batch_size, spec.request)
             slots = torch.stack([compress(t.states, cfg.slots, cfg.pooling, cfg.tau) for t in traces])
             recs = [{"id": c["id"], "question": c["question"], "background": t.text, "n_tokens": t.n_tokens}
                     for c, t in zip(chunk, traces, strict=True)]

@@ -2,8 +2,9 @@
 
 Layout of a store directory:
     store.json      what the memories are: expert (path, hidden size, layers), layer keys,
-                    slots, pooling, tau, dtype, whether trajectories are kept, and per shard
-                    its rows, byte size and sha256
+                    slots, pooling, tau, dtype, whether trajectories are kept, the background
+                    spec (system prompt, request, length cap: `kinject.memory.spec`), and per
+                    shard its rows, byte size and sha256
     index.jsonl     one row per memory: id, question, background, n_tokens, shard, row
     shards/shard-NNNNN.safetensors
                     `slots` [N, L, S, d] (float16 / bfloat16 / float32) and, when the store
@@ -28,6 +29,7 @@ import torch
 from kinject.config import StrictModel
 from kinject.errors import UserError
 from kinject.io import file_sha256, iter_jsonl, write_json_atomic, write_jsonl_atomic
+from kinject.memory.spec import BackgroundSpec
 
 STORE_FILE = "store.json"
 INDEX_FILE = "index.jsonl"
@@ -60,13 +62,16 @@ class StoreMeta(StrictModel):
     # memories without decoding (memory build source: prefill): the answer prefix read after each
     # question; None: the states of backgrounds (generated or given)
     prefill_prefix: str | None = None
+    # how the expert was asked for the backgrounds; None: a store built before specs were recorded
+    background_spec: BackgroundSpec | None = None
     shards: dict[str, ShardInfo] = {}
 
     def signature(self) -> dict:
         """The fields that must match between stores that are merged or resumed."""
-        return {k: getattr(self, k) for k in
-                ("expert_hidden", "expert_fingerprint", "layers", "slots", "pooling", "tau", "dtype",
-                 "trajectories", "prefill_prefix")}
+        sig = {k: getattr(self, k) for k in
+               ("expert_hidden", "expert_fingerprint", "layers", "slots", "pooling", "tau", "dtype",
+                "trajectories", "prefill_prefix")}
+        return {**sig, "background_spec": self.background_spec and self.background_spec.model_dump()}
 
 
 def _mismatch(a: dict, b: dict, what_a: str, what_b: str) -> str | None:
@@ -75,10 +80,23 @@ def _mismatch(a: dict, b: dict, what_a: str, what_b: str) -> str | None:
     def differ(k: str) -> bool:
         if k == "expert_fingerprint":  # an unknown or older-format fingerprint proves nothing
             return fingerprints_conflict(a[k], b.get(k) or "")
+        if k == "background_spec":  # nor does a store that predates recorded specs
+            return a[k] is not None and b.get(k) is not None and a[k] != b[k]
         return a[k] != b.get(k)
 
     diffs = [f"{k}: {a[k]!r} ({what_a}) vs {b[k]!r} ({what_b})" for k in a if differ(k)]
     return "; ".join(diffs) or None
+
+
+def read_meta(root: Path) -> StoreMeta:
+    """A store's `store.json` (nothing else is read)."""
+    path = root / STORE_FILE
+    if not path.is_file():
+        raise UserError(f"not a memory store (no {STORE_FILE}): {root} (build one with `kinject memory build`)")
+    try:
+        return StoreMeta.model_validate_json(path.read_text())
+    except ValueError as e:
+        raise UserError(f"corrupt {path}: {str(e).splitlines()[0]}") from None
 
 
 class MemoryStore:
@@ -87,12 +105,7 @@ class MemoryStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         meta_path = self.root / STORE_FILE
-        if not meta_path.is_file():
-            raise UserError(f"not a memory store (no {STORE_FILE}): {self.root} (build one with `kinject memory build`)")
-        try:
-            self.meta = StoreMeta.model_validate_json(meta_path.read_text())
-        except ValueError as e:
-            raise UserError(f"corrupt {meta_path}: {str(e).splitlines()[0]}") from None
+        self.meta = read_meta(self.root)
         if self.meta.dtype not in DTYPES:
             raise UserError(f"{meta_path}: unknown dtype {self.meta.dtype!r}; use one of {', '.join(DTYPES)}")
         self.records: list[dict] = []
@@ -129,6 +142,11 @@ class MemoryStore:
     def shape(self) -> tuple[int, int, int]:
         """(L, S, d) of one memory."""
         return len(self.meta.layers), self.meta.slots, self.meta.expert_hidden
+
+    @property
+    def background_spec(self) -> BackgroundSpec | None:
+        """How the expert was asked for this store's backgrounds (`store_background_spec`)."""
+        return _spec_of(self.root, self.meta)
 
     def _next_shard_name(self) -> str:
         return f"shard-{len(self.meta.shards):05d}.safetensors"
@@ -289,6 +307,31 @@ class MemoryStore:
         for b in range(lo, hi + 1, width):
             out.append((b, b + width - 1, sum(b <= t < b + width for t in tokens)))
         return out
+
+
+def _spec_of(root: Path, meta: StoreMeta) -> BackgroundSpec | None:
+    if meta.background_spec is not None:
+        return meta.background_spec
+    # built before specs were recorded: the config its `kinject memory build` manifest holds
+    from kinject.runs import read_manifest
+
+    cfg = (read_manifest(root) or {}).get("config") or {}
+    if cfg.get("kind") != "memory_build":
+        return None
+    from kinject.memory.config import MemoryBuildConfig
+
+    try:
+        return MemoryBuildConfig.model_validate(cfg).background_spec()
+    except ValueError:  # a config of another version: nothing to go by
+        return None
+
+
+def store_background_spec(root: str | Path) -> BackgroundSpec | None:
+    """The background spec of the store at `root` (its `store.json` alone, no index read): the
+    recorded one; for a store built before specs were recorded, the one its build manifest's
+    config implies; None when neither says."""
+    root = Path(root)
+    return _spec_of(root, read_meta(root))
 
 
 def pad_trajectories(states: Sequence[torch.Tensor], layers: int, dim: int,
