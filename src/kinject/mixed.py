@@ -33,6 +33,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from pydantic import Field
+
 from kinject.config import StrictModel
 from kinject.errors import UserError
 
@@ -49,9 +51,12 @@ class DomainOptions(StrictModel):
 
     expert: Path  # the domain expert (Stage II checkpoint)
     injector: Path  # its Stage III injector dir (injector.json + injector.safetensors)
-    system: str = ""  # the expert's background system prompt (as in its memory build)
+    # the expert's background settings: None = the injector's recorded background spec (its
+    # memories' system prompt and length cap, `kinject.memory.spec`); a contradicting value is refused
+    system: str | None = None
     instruction: str = ""  # the base's GAG prompt instruction (the world's domain instruction)
-    max_background_tokens: int = 96
+    max_background_tokens: int | None = Field(None, ge=1)
+    memory: Path | None = None  # the store the injector was trained on (its spec, for an injector that records none)
     bank: Path | None = None  # a banks dir holding this domain's bank when `banks` lacks it
 
 
@@ -89,8 +94,7 @@ def check_paths(opts: MixedOptions, hint: str = "", prefix: str = "", domains: b
     pairs: list[tuple[str, Path]] = [("banks", opts.banks), ("base", opts.base)]
     for name, d in (opts.domains.items() if domains else ()):
         pairs += [(f"domains.{name}.expert", d.expert), (f"domains.{name}.injector", d.injector)]
-        if d.bank is not None:
-            pairs.append((f"domains.{name}.bank", d.bank))
+        pairs += [(f"domains.{name}.{k}", p) for k, p in (("memory", d.memory), ("bank", d.bank)) if p is not None]
     if opts.grip is not None:
         pairs += [("grip.model", opts.grip.model), ("grip.index", opts.grip.index)]
         if opts.grip.bank is not None:
@@ -195,13 +199,15 @@ class GagRoute:
             injected = InjectedBase(model, tok, injector.config.slots, opts.instruction,
                                     answer_format=injector.config.answer_format)
             self.pipe = PreloadedGagPipeline(expert, expert_tok, injected, injector, opts.system,
-                                             opts.max_background_tokens, batch_size, str(self.injector_dir))
+                                             opts.max_background_tokens, batch_size, str(self.injector_dir),
+                                             memory=opts.memory)
         self._sig = sig
         self.tokenizer = tok
 
     def _refresh(self) -> None:
         """Reload the injector when its files changed; refuse when they are gone or broken."""
         from kinject.gag.injector import Injector
+        from kinject.gag.pipeline import background_spec
         from kinject.gag.preloaded import check_injector
 
         sig = _file_sig(self.injector_dir)
@@ -213,10 +219,12 @@ class GagRoute:
         try:
             inj = Injector.load(self.injector_dir)
             check_injector(inj, self.pipe.expert, self.pipe.base, str(self.injector_dir))
+            spec = background_spec(inj.config, str(self.injector_dir), self.opts.system,
+                                   self.opts.max_background_tokens, self.opts.memory)
         except UserError as e:
             raise DomainUnavailable(f"domain {self.domain!r}: injector changed while serving and cannot be "
                                     f"used: {e}") from None
-        self.pipe.injector = inj.to(self.pipe.base.device).eval()
+        self.pipe.injector, self.pipe.background = inj.to(self.pipe.base.device).eval(), spec
         self._sig = sig
         log.info("domain %s: reloaded injector %s", self.domain, self.injector_dir)
 

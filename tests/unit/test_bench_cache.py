@@ -55,6 +55,6 @@ def test_cache_lru_and_key(setup):
     pipe.answer([q], max_new_tokens=2)
     key = pipe._key(q)
     assert key[0] == q and key[1] == pipe.expert_fingerprint and pipe.expert_fingerprint.startswith("fp1-")
-    pipe.max_background_tokens = 3  # another cap writes another background: a miss
+    pipe.background = pipe.background.model_copy(update={"max_new_tokens": 3})  # another cap: another background
     pipe.answer([q], max_new_tokens=2)
     assert pipe.cache.stats()["misses"] == 2 and pipe.cache.stats()["entries"] == 2

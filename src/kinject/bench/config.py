@@ -44,7 +44,8 @@ class MethodsBenchConfig(StageConfig):
     batch_size: int = Field(16, ge=1)
     ks: list[Annotated[int, Field(ge=1)]] = [1, 3, 5]
     max_new_tokens: int = Field(24, ge=1, description="answer tokens (base side)")
-    max_background_tokens: int = Field(48, ge=1, description="expert background cap (the memory build's)")
+    max_background_tokens: int | None = Field(None, ge=1, description="expert background cap (None: the injector's "
+                                                                     "recorded one, as its memories were built)")
     prefill_repeats: int = Field(5, ge=1, description="timed prompt forwards per question (median)")
     grip_max_rounds: int = 4
     grip_top_k: int = 3
@@ -64,7 +65,8 @@ class LeversBenchConfig(StageConfig):
     n_cap: int = Field(180, ge=1, description="dev questions scored at each background cap")
     batch_sizes: list[Annotated[int, Field(ge=1)]] = [1, 16]
     max_new_tokens: int = 24
-    max_background_tokens: int = 48
+    max_background_tokens: int | None = Field(None, ge=1, description="expert background cap (None: the injector's "
+                                                                     "recorded one)")
     decode_tokens: int = Field(32, ge=1, description="tokens decoded in the static-cache / compile run")
     compile: bool = Field(True, description="also time static cache + torch.compile (slow to compile)")
     n_prefill: int = Field(24, ge=0, description="questions timed with memories without decoding (0: skip)")

@@ -64,10 +64,10 @@ def lever_cache(pipe, rows: list[dict], max_new: int) -> dict:
 @torch.no_grad()
 def lever_cap(pipe, rows: list[dict], caps: list[int], max_new: int, scored: bool) -> list[dict]:
     qs, instr = [r["question"] for r in rows], [r.get("instruction") for r in rows]
-    out, old = [], pipe.max_background_tokens
+    out, old = [], pipe.background
     try:
-        for cap in caps:
-            pipe.max_background_tokens = cap
+        for cap in caps:  # deliberately off the recorded cap: the lever measures what the cap costs
+            pipe.background = old.model_copy(update={"max_new_tokens": cap})
             pipe.cache.clear()
             ans, secs = _timed(lambda: pipe.answer(qs, instr, max_new))
             toks = [a.background_tokens for a in ans]
@@ -77,7 +77,7 @@ def lever_cap(pipe, rows: list[dict], caps: list[int], max_new: int, scored: boo
                         "share_at_cap": round(sum(t >= cap for t in toks) / len(toks), 3),
                         "ms_per_question": round(secs * 1000 / len(rows), 2), "n": len(rows)})
     finally:
-        pipe.max_background_tokens = old
+        pipe.background = old
     return out
 
 
@@ -86,13 +86,14 @@ def lever_batching(pipe, rows: list[dict], sizes: list[int], max_new: int) -> di
     from kinject.memory.background import background_prompts
 
     qs, instr = [r["question"] for r in rows], [r.get("instruction") for r in rows]
-    prompts = background_prompts(pipe.expert_tok, qs, pipe.system)
+    spec = pipe.background
+    prompts = background_prompts(pipe.expert_tok, qs, spec.system, spec.request)
     runs, answers, step_ms = [], {}, {}
     old = pipe.batch_size
     try:
         for bs in sizes:
             # one batch of the expert's generation: ms per decode step at this batch size
-            _, tm = timed_texts(pipe.expert, pipe.expert_tok, prompts[:bs], pipe.max_background_tokens, bs)
+            _, tm = timed_texts(pipe.expert, pipe.expert_tok, prompts[:bs], spec.max_new_tokens, bs)
             step_ms[bs] = tm["decode_ms"] / max(tm["decode_steps"], 1)
             pipe.batch_size = bs
             pipe.cache.clear()
@@ -145,18 +146,19 @@ def lever_prefill(pipe, rows: list[dict], max_new: int, answer_prefix: str, scor
     from kinject.bench.methods import injector_inputs
     from kinject.memory.background import background_prompts, prefill_traces
 
-    cfg = pipe.injector.config
+    cfg, spec = pipe.injector.config, pipe.background
     gen_s, pre_s, expert_s, decode_s, gen_em, pre_em, read = [], [], [], [], [], [], []
     for r in rows:
         q, instr = r["question"], r.get("instruction")
         pipe.cache.clear()
         ans, secs = _timed(lambda q=q, instr=instr: pipe.answer([q], [instr], max_new)[0])
         gen_s.append(secs)
-        _, tm = timed_texts(pipe.expert, pipe.expert_tok, background_prompts(pipe.expert_tok, [q], pipe.system),
-                            pipe.max_background_tokens)
+        _, tm = timed_texts(pipe.expert, pipe.expert_tok,
+                            background_prompts(pipe.expert_tok, [q], spec.system, spec.request), spec.max_new_tokens)
         decode_s.append(tm["decode_ms"] / 1000)
         t = time.perf_counter()
-        (tr,) = prefill_traces(pipe.expert, pipe.expert_tok, [q], cfg.layers, pipe.system, answer_prefix)
+        (tr,) = prefill_traces(pipe.expert, pipe.expert_tok, [q], cfg.layers, spec.system, answer_prefix,
+                               request=spec.request)
         expert_s.append(time.perf_counter() - t)
         z = pipe.injector(**injector_inputs(pipe.injector, [tr.states]))
         g = pipe.base.generate([q], z, max_new, 1, [instr])[0]

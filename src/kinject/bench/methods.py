@@ -88,8 +88,9 @@ def bench_rag(ctx: Ctx, row: dict, k: int) -> dict:
 def _expert_background(ctx: Ctx, question: str):
     from kinject.memory.background import background_prompts
 
-    prompts = background_prompts(ctx.etok, [question], ctx.setup.system)
-    gens, tm = timed_texts(ctx.expert, ctx.etok, prompts, ctx.cfg.max_background_tokens)
+    spec = ctx.pipe.background  # written as GAG's backgrounds are
+    prompts = background_prompts(ctx.etok, [question], spec.system, spec.request)
+    gens, tm = timed_texts(ctx.expert, ctx.etok, prompts, spec.max_new_tokens)
     return prompts, gens[0], tm
 
 
@@ -239,8 +240,9 @@ def throughput(ctx: Ctx, method: str, rows: list[dict], grip_rows: list[dict], b
                    for q, h, r in zip(qs, hits, rows)]
         generate_texts(ctx.base, ctx.tok, prompts, cfg.max_new_tokens, bs)
     elif method == "text_injection":
-        bgs = generate_texts(ctx.expert, ctx.etok, background_prompts(ctx.etok, qs, ctx.setup.system),
-                             cfg.max_background_tokens, bs)
+        spec = ctx.pipe.background
+        bgs = generate_texts(ctx.expert, ctx.etok, background_prompts(ctx.etok, qs, spec.system, spec.request),
+                             spec.max_new_tokens, bs)
         prompts = [render(ctx.tok, knowledge_messages(q, b.text, r.get("instruction") or ""))
                    for q, b, r in zip(qs, bgs, rows)]
         generate_texts(ctx.base, ctx.tok, prompts, cfg.max_new_tokens, bs)

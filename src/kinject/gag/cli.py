@@ -63,7 +63,7 @@ def answer_cmd(
         raise UserError("gag answer: give at least one question")
     cfg = load_config(config, [*(override or []), *overrides], expect=GagAnswerConfig)
     pipe = GagPipeline(cfg.expert, cfg.base, cfg.injector, cfg.system, cfg.instruction, cfg.max_background_tokens,
-                       cfg.device, cfg.dtype, cfg.batch_size, say=_say)
+                       cfg.device, cfg.dtype, cfg.batch_size, say=_say, memory=cfg.memory)
     for a in pipe.answer(questions, max_new_tokens=cfg.max_new_tokens):
         if json_out:
             typer.echo(json.dumps(a.__dict__, ensure_ascii=False))

@@ -66,9 +66,12 @@ class GagAnswerConfig(StageConfig):
     expert: str
     base: str
     injector: str
-    system: str = ""  # the expert's background system prompt (as in memory_build)
+    # the expert's background settings: None = the injector's recorded background spec (as its
+    # memories were written; `kinject.memory.spec`); a value that contradicts it is refused
+    system: str | None = None
     instruction: str = ""
-    max_background_tokens: int = 128
+    max_background_tokens: int | None = Field(None, ge=1)
+    memory: str | None = None  # the store the injector was trained on (its spec, for an injector that records none)
     max_new_tokens: int = 32
     batch_size: int = 16
     device: str = "auto"

@@ -1,9 +1,12 @@
 """Eval methods `gag` and `text_injection` (the GAG paper's method and its text baseline).
 
-Both start the same way: the domain's expert writes a background for the question (greedy,
-`background_messages(q, system)`, at most `max_background_tokens`), exactly as the memory
-store was built. `gag` turns its states into slots and injects them into the frozen base
-(`kinject.gag.pipeline.GagPipeline`): `added_prompt_tokens` = the number of slots.
+Both start the same way: the domain's expert writes a background for the question exactly as
+the memory store was built: with the background spec (system prompt, request, length cap) the
+domain's injector recorded, else its memory store's (`options.domains.<name>.memory`), else the
+defaults (`kinject.memory.spec`); `system` / `max_background_tokens` may restate the recorded
+values and are refused when they contradict them. `gag` turns its states into slots and
+injects them into the frozen base (`kinject.gag.pipeline.GagPipeline`): `added_prompt_tokens` =
+the number of slots.
 `text_injection` puts the background *text* in the base's knowledge prompt
 (`knowledge_messages`): `added_prompt_tokens` = prompt tokens over the closed-book prompt.
 Both trace `background` and `expert_tokens` (tokens the expert generated).
@@ -18,15 +21,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from kinject.config import StrictModel
 from kinject.eval.method import MethodContext, answer_by_domain, register_method
 
 
 class GagDomain(StrictModel):
     expert: Path  # the domain's SFT expert
-    injector: Path | None = None  # `<stage3 out>/injector` (gag only)
-    system: str | None = None  # background system prompt; None: the expert's recorded SFT instruction
-    max_background_tokens: int = 96  # as the memory store was built (memory config max_new_tokens)
+    injector: Path | None = None  # `<stage3 out>/injector` (gag: required; text_injection: its background spec)
+    memory: Path | None = None  # the memory store the injector was trained on (its background spec)
+    system: str | None = None  # background system prompt; None: the recorded one
+    max_background_tokens: int | None = Field(None, ge=1)  # None: the recorded length cap
 
 
 class GagOptions(StrictModel):
@@ -36,10 +42,13 @@ class GagOptions(StrictModel):
     max_new_tokens: int | None = None
 
 
-def _system(d: GagDomain) -> str:
-    from kinject.expert.evaluate import default_instruction
+def _spec(d: GagDomain):
+    """The background spec text_injection writes with (gag's GagPipeline resolves it the same way)."""
+    from kinject.gag.injector import read_config
+    from kinject.gag.pipeline import background_spec
 
-    return d.system if d.system is not None else default_instruction(d.expert)
+    return background_spec(read_config(d.injector) if d.injector is not None else None, str(d.injector), d.system,
+                           d.max_background_tokens, d.memory)
 
 
 def _check(method: str, options: GagOptions, need_injector: bool) -> None:
@@ -60,9 +69,9 @@ class GagMethod:
         from kinject.gag.pipeline import GagPipeline
 
         _check("gag", options, need_injector=True)
-        self.pipes = {name: GagPipeline(str(d.expert), str(options.base), str(d.injector), _system(d),
+        self.pipes = {name: GagPipeline(str(d.expert), str(options.base), str(d.injector), d.system,
                                         options.instruction, d.max_background_tokens, ctx.device, ctx.dtype,
-                                        ctx.batch_size)
+                                        ctx.batch_size, memory=d.memory and str(d.memory))
                       for name, d in options.domains.items()}
         for name, pipe in self.pipes.items():  # a fair comparison: every method gets the same help
             if pipe.base.answer_format != ctx.answer_format:
@@ -94,8 +103,8 @@ class TextInjection:
 
         _check("text_injection", options, need_injector=False)
         self.model, self.tokenizer = load_causal_lm(options.base, device=ctx.device, dtype=ctx.dtype)
-        self.experts = {name: (*load_causal_lm(d.expert, device=ctx.device, dtype=ctx.dtype), _system(d),
-                               d.max_background_tokens)
+        specs = {name: _spec(d) for name, d in options.domains.items()}  # checked before any model loads
+        self.experts = {name: (*load_causal_lm(d.expert, device=ctx.device, dtype=ctx.dtype), specs[name])
                         for name, d in options.domains.items()}
         self.instruction = options.instruction
         self.max_new_tokens = options.max_new_tokens or ctx.max_new_tokens
@@ -108,9 +117,10 @@ class TextInjection:
         from kinject.memory.background import background_prompts
         from kinject.prompts import knowledge_messages, render
 
-        expert, etok, system, max_bg = self.experts[domain]
+        expert, etok, spec = self.experts[domain]
         qs = [r["question"] for r in rows]
-        bgs = generate_texts(expert, etok, background_prompts(etok, qs, system), max_bg, self.batch_size)
+        bgs = generate_texts(expert, etok, background_prompts(etok, qs, spec.system, spec.request),
+                             spec.max_new_tokens, self.batch_size)
         prompts = [render(self.tokenizer, knowledge_messages(q, bg.text, r.get("instruction") or self.instruction,
                                                               self.answer_format))
                    for q, bg, r in zip(qs, bgs, rows, strict=True)]

@@ -3,8 +3,9 @@
 `Injector` = optional `AttentionSlotPooler` (pooling: attention, over per-token trajectories)
 + `LayerMixer` + `GatedResidualProjector` (+ `SemanticHead`, used only by L_sem in training).
 Saved as `injector.safetensors` + `injector.json` (its `InjectorConfig`: expert dims, base
-dims, layers, slots, ...). Every mismatch between an injector and what it is used with (a
-memory store, a base model) is a one-line `UserError` naming both sides.
+dims, layers, slots, the background spec of its training memories, ...). Every mismatch
+between an injector and what it is used with (a memory store, a base model) is a one-line
+`UserError` naming both sides.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from kinject.gag.modules import (
     SemanticHead,
 )
 from kinject.io import atomic_dir, write_json_atomic
+from kinject.memory.spec import BackgroundSpec
 from kinject.runs import fingerprints_conflict
 
 WEIGHTS_FILE = "injector.safetensors"
@@ -48,6 +50,9 @@ class InjectorConfig(StrictModel):
     expert_fingerprint: str = ""  # of the expert that wrote the training memories
     base: dict = {}  # identity of the base it was trained for (see InjectedBase.identity)
     answer_format: str = ""  # the answer-format help line of the base prompt it was trained with
+    # how the expert was asked for the memories it was trained on last (copied from that store);
+    # online backgrounds are written the same way. None: trained before specs were recorded
+    background_spec: BackgroundSpec | None = None
 
 
 def _mismatch(pairs: dict[str, tuple], left: str, right: str) -> str | None:
@@ -120,12 +125,10 @@ class Injector(nn.Module):
         from safetensors.torch import load_file
 
         p = Path(path)
-        if not (p / CONFIG_FILE).is_file() or not (p / WEIGHTS_FILE).is_file():
-            raise UserError(f"not an injector directory (needs {CONFIG_FILE} and {WEIGHTS_FILE}): {p}")
+        cfg = read_config(p)
         try:
-            cfg = InjectorConfig.model_validate_json((p / CONFIG_FILE).read_text())
             state = load_file(str(p / WEIGHTS_FILE))
-        except Exception as e:  # pydantic / safetensors errors on a damaged file
+        except Exception as e:  # safetensors errors on a damaged file
             raise UserError(f"cannot read injector {p}: {str(e).splitlines()[0]}") from None
         inj = cls(cfg)
         missing, unexpected = inj.load_state_dict(state, strict=False)
@@ -162,6 +165,17 @@ class Injector(nn.Module):
         diff = _mismatch(pairs, "injector", where)
         if diff:
             raise UserError(f"injector was trained for another base: {diff}")
+
+
+def read_config(path: str | Path) -> InjectorConfig:
+    """An injector directory's `injector.json` (its weights are not read)."""
+    p = Path(path)
+    if not (p / CONFIG_FILE).is_file() or not (p / WEIGHTS_FILE).is_file():
+        raise UserError(f"not an injector directory (needs {CONFIG_FILE} and {WEIGHTS_FILE}): {p}")
+    try:
+        return InjectorConfig.model_validate_json((p / CONFIG_FILE).read_text())
+    except ValueError as e:  # pydantic errors on a damaged file
+        raise UserError(f"cannot read injector {p}: {str(e).splitlines()[0]}") from None
 
 
 def memory_batch(injector: Injector, store, ids: list[str]) -> dict[str, torch.Tensor]:

@@ -1,6 +1,8 @@
 """GAG inference with online memories (the GAG paper's inference and the specialist route of the
 mixed-domain flow): the expert writes a background for each question, its states become slots
 exactly as in `kinject memory build`, the injector projects them and the frozen base answers.
+The background is written with the spec the injector recorded (`kinject.memory.spec`): its
+training memories' system prompt, request and length cap.
 A repeated question reuses its memory (`MemoryCache`, `cache_size`; `kinject bench levers`
 measures it), and backgrounds are generated in batches of `batch_size`.
 """
@@ -10,12 +12,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from kinject.errors import UserError
 from kinject.gag.base import InjectedBase
-from kinject.gag.injector import Injector
+from kinject.gag.injector import Injector, InjectorConfig
+from kinject.memory.spec import BackgroundSpec
 
 
 @dataclass
@@ -28,9 +32,9 @@ class GagAnswer:
 
 class MemoryCache:
     """LRU of per-question memories (the expert's trace and its compressed slots), keyed by the
-    question text, the expert's fingerprint and what else changes the background (system prompt,
-    length cap). A repeated question skips the expert's generation entirely. Hand-written: a
-    dozen lines over OrderedDict; functools.lru_cache cannot batch the misses of one call."""
+    question text, the expert's fingerprint and what else changes the background (its spec). A
+    repeated question skips the expert's generation entirely. Hand-written: a dozen lines over
+    OrderedDict; functools.lru_cache cannot batch the misses of one call."""
 
     def __init__(self, size: int):
         self.size = max(0, int(size))
@@ -61,14 +65,35 @@ class MemoryCache:
         return {"size": self.size, "entries": len(self.items), "hits": self.hits, "misses": self.misses}
 
 
+def background_spec(injector: InjectorConfig | None, where: str, system: str | None = None,
+                    max_background_tokens: int | None = None, memory: str | Path | None = None) -> BackgroundSpec:
+    """The spec online backgrounds are written with for an injector (its config; None: none used):
+    the one it recorded, else that of `memory` (the store it was trained on), else the defaults;
+    `system` / `max_background_tokens` (None: unset) must not contradict a recorded one
+    (`kinject.memory.spec.resolve_background`)."""
+    from kinject.memory.spec import resolve_background
+
+    recorded = [(f"injector {where}", injector.background_spec if injector is not None else None)]
+    if memory is not None:
+        from kinject.memory.store import store_background_spec
+
+        recorded.append((f"memory store {memory}", store_background_spec(memory)))
+    return resolve_background(recorded, system, max_background_tokens)
+
+
 class GagPipeline:
-    def __init__(self, expert: str, base: str, injector: str, system: str = "", instruction: str = "",
-                 max_background_tokens: int = 128, device: str = "auto", dtype: str = "auto",
-                 batch_size: int = 16, say=None, cache_size: int = 256):
+    """`system` and `max_background_tokens` (None: unset) restate the injector's recorded background
+    spec or are refused; `memory` names the store it was trained on (its spec is checked against
+    the injector's, and used for an injector that records none)."""
+
+    def __init__(self, expert: str, base: str, injector: str, system: str | None = None, instruction: str = "",
+                 max_background_tokens: int | None = None, device: str = "auto", dtype: str = "auto",
+                 batch_size: int = 16, say=None, cache_size: int = 256, memory: str | None = None):
         from kinject.memory.layers import check_layer_keys
         from kinject.models import load_causal_lm
 
         self.injector = Injector.load(injector)
+        self.background = background_spec(self.injector.config, injector, system, max_background_tokens, memory)
         self.expert, self.expert_tok = load_causal_lm(expert, device=device, dtype=dtype)
         ecfg = self.expert.config
         if ecfg.hidden_size != self.injector.config.expert_hidden:
@@ -86,12 +111,12 @@ class GagPipeline:
                                       answer_format=self.injector.config.answer_format)
         self.injector.check_base(self.base.identity(), f"base {base}")
         self.injector.to(self.base.device).eval()
-        self.system, self.max_background_tokens, self.batch_size = system, max_background_tokens, batch_size
+        self.batch_size = batch_size
         # memories per question (0 disables); each entry holds the trace's states [L, T, d] in fp32
         self.cache = MemoryCache(cache_size)
 
     def _key(self, question: str) -> tuple:
-        return (question, self.expert_fingerprint, self.system, self.max_background_tokens)
+        return (question, self.expert_fingerprint, self.background)
 
     @torch.no_grad()
     def memories(self, questions: Sequence[str]) -> tuple[list, dict[str, torch.Tensor]]:
@@ -100,12 +125,12 @@ class GagPipeline:
         from kinject.memory.background import generate_backgrounds
         from kinject.memory.compress import compress
 
-        cfg = self.injector.config
+        cfg, spec = self.injector.config, self.background
         found = {q: self.cache.get(self._key(q)) for q in dict.fromkeys(questions)}
         todo = [q for q, v in found.items() if v is None]
         if todo:
-            traces = generate_backgrounds(self.expert, self.expert_tok, todo, cfg.layers, self.system,
-                                          self.max_background_tokens, self.batch_size)
+            traces = generate_backgrounds(self.expert, self.expert_tok, todo, cfg.layers, spec.system,
+                                          spec.max_new_tokens, self.batch_size, spec.request)
             for q, t in zip(todo, traces, strict=True):
                 slots = None if self.injector.needs_trajectories else compress(t.states, cfg.slots, cfg.store_pooling,
                                                                                  cfg.tau)

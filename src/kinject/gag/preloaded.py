@@ -13,7 +13,7 @@ from kinject.errors import UserError
 from kinject.gag import pipeline as _pipeline
 from kinject.gag.base import InjectedBase
 from kinject.gag.injector import Injector
-from kinject.gag.pipeline import GagPipeline
+from kinject.gag.pipeline import GagPipeline, background_spec
 
 
 def check_injector(injector: Injector, expert_model, base: InjectedBase, where: str) -> None:
@@ -41,17 +41,18 @@ class PreloadedGagPipeline(GagPipeline):
     """GagPipeline whose expert, base and injector are given, not loaded (nothing is copied)."""
 
     def __init__(self, expert_model, expert_tokenizer, base: InjectedBase, injector: Injector,
-                 system: str = "", max_background_tokens: int = 128, batch_size: int = 16,
-                 where: str = "(preloaded)", cache_size: int = 256):
+                 system: str | None = None, max_background_tokens: int | None = None, batch_size: int = 16,
+                 where: str = "(preloaded)", cache_size: int = 256, memory: str | None = None):
         from kinject.runs import model_fingerprint
 
         # GagPipeline.__init__ loads from paths; this sets the same attributes from loaded objects
         check_injector(injector, expert_model, base, where)
+        self.background = background_spec(injector.config, where, system, max_background_tokens, memory)
         self.injector = injector.to(base.device).eval()
         self.expert, self.expert_tok = expert_model, expert_tokenizer
         self.expert_fingerprint = model_fingerprint(expert_model)
         self.base = base
-        self.system, self.max_background_tokens, self.batch_size = system, max_background_tokens, batch_size
+        self.batch_size = batch_size
         # the per-question memory cache of GagPipeline (`MemoryCache`), when the pipeline module has one
         cache = getattr(_pipeline, "MemoryCache", None)
         if cache is not None:

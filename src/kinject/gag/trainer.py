@@ -197,6 +197,8 @@ class Stage3Trainer:
             raise UserError(f"injector has {inj.config.slots} slots but the base prompt has {self.base.num_slots} placeholders")
         if self.cfg.w_sem > 0 and inj.semantic_head is None:
             raise UserError("w_sem > 0 but the injector has no semantic head (it was trained with w_sem: 0)")
+        # online backgrounds must be written like the memories it learns last (the domain phase's)
+        inj.config.background_spec = self.phases[-1].store.background_spec
         return inj.to(self.accelerator.device)
 
     def _targets(self, phase: Phase) -> torch.Tensor | None:
