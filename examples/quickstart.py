@@ -32,7 +32,7 @@ class Inputs:
     base: str  # the frozen base
     experts: dict[str, str]  # domain -> expert dir
     injectors: dict[str, str]  # domain -> injector dir
-    systems: dict[str, str]  # domain -> the expert's system prompt (as in its memory build)
+    instructions: dict[str, str]  # domain -> the base prompt's instruction (the domain's)
     banks: str  # a PPR banks dir: general + every domain
     index: str  # a retrieval index (GRIP's and RAG's passages)
     grip_model: str
@@ -79,7 +79,7 @@ def random_inputs(work: Path) -> Inputs:
     return Inputs(
         source="random", base=setup.base,
         experts=dict.fromkeys(domains, setup.expert), injectors=dict.fromkeys(domains, setup.injector),
-        systems=dict.fromkeys(domains, setup.system), banks=str(work / "banks"), index=str(work / "index"),
+        instructions=dict.fromkeys(domains, setup.system), banks=str(work / "banks"), index=str(work / "index"),
         grip_model=setup.grip_model, gag_questions=setup.rows[:4],
         routing_questions=[{"question": w.format(n), "domain": d} for d, ws in WORDINGS.items()
                            for w in ws for n in HELD_OUT_NAMES[:1]] + [
@@ -112,7 +112,7 @@ def demo_inputs(root: Path, n: int) -> Inputs:
         source=str(root), base=str(base),
         experts={d: str(root / "expert" / f"{d}_sft") for d in domains},
         injectors={d: str(root / "gag" / d / "injector") for d in domains},
-        systems={d: dev[d][0]["instruction"] for d in domains}, banks=str(banks), index=str(index),
+        instructions={d: dev[d][0]["instruction"] for d in domains}, banks=str(banks), index=str(index),
         grip_model=str(root / "grip" / "model"),
         gag_questions=[{"question": r["input"], "answer": r["answer"]} for r in dev[domains[0]][:n]],
         routing_questions=read_jsonl(world / "mixed_domain" / "online" / "mixed.jsonl")[: 3 * n],
@@ -125,9 +125,9 @@ def demo_inputs(root: Path, n: int) -> Inputs:
 def gag_answers(inp: Inputs, device: str) -> list[dict]:
     """GAG: the domain expert writes a background, 4 latent slots carry it into the frozen base."""
     domain = next(iter(inp.experts))
+    # the background is written as the injector's training memories were (its recorded spec)
     pipe = kinject.GagPipeline(expert=inp.experts[domain], base=inp.base, injector=inp.injectors[domain],
-                               system=inp.systems[domain], instruction=inp.systems[domain],
-                               max_background_tokens=48, device=device)
+                               instruction=inp.instructions[domain], device=device)
     answers = pipe.answer([r["question"] for r in inp.gag_questions], max_new_tokens=16)
     return [{"domain": domain, "question": a.question, "answer": a.answer, "gold": r.get("answer"),
              "background": a.background, "background_tokens": a.background_tokens}
@@ -163,8 +163,8 @@ def mixed_answers(inp: Inputs, router, device: str) -> list[dict]:
     """Routing and answering in one call: `general` -> the base closed-book, a domain -> its GAG."""
     opts = kinject.MixedOptions(
         banks=inp.banks, base=inp.base, device=device, max_new_tokens=16,
-        domains={d: {"expert": inp.experts[d], "injector": inp.injectors[d], "system": inp.systems[d],
-                     "instruction": inp.systems[d], "max_background_tokens": 48} for d in inp.experts})
+        domains={d: {"expert": inp.experts[d], "injector": inp.injectors[d], "instruction": inp.instructions[d]}
+                 for d in inp.experts})
     pipe = kinject.MixedPipeline.from_options(opts, encoder=router.encoder)  # the encoder loads once
     batch = [{"id": f"q{i}", "question": r["question"]} for i, r in enumerate(inp.routing_questions)]
     return [{"question": q["question"], "route": out["trace"]["route"], "method": out["trace"]["method"],

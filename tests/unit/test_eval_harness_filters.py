@@ -125,8 +125,6 @@ def test_curve_files_prefer_pngs_then_logs(tmp_path):
 def test_demo_methods_from_artifacts(tmp_path):
     from kinject.eval.demo_stages import demo_methods
 
-    (tmp_path / "mem").mkdir()
-    (tmp_path / "mem" / "manifest.json").write_text(json.dumps({"config": {"system": "Sys.", "max_new_tokens": 48}}))
     art = {"foundation": tmp_path / "f", "wiki_index": tmp_path / "idx", "expert_materials": tmp_path / "em",
            "expert_adjuvant": tmp_path / "ea", "memory_materials": tmp_path / "mem",
            "injector_materials": tmp_path / "im"}
@@ -136,9 +134,12 @@ def test_demo_methods_from_artifacts(tmp_path):
     assert by["base"]["datasets"] == ["materials", "adjuvant", "general", "wiki_1hop", "wiki_2hop"]
     assert by["rag_k3"]["datasets"] == ["general", "wiki_1hop", "wiki_2hop"]
     assert by["expert"]["options"]["domains"] == {"materials": str(tmp_path / "em"), "adjuvant": str(tmp_path / "ea")}
-    # online backgrounds are written like the stored memories: the memory build's system prompt and length
+    # online backgrounds are written like the stored memories: with the recorded background spec of
+    # the injector and its memory store, nothing restated
     assert by["gag"]["options"]["domains"] == {"materials": {"expert": str(tmp_path / "em"), "injector": str(tmp_path / "im"),
-                                                             "system": "Sys.", "max_background_tokens": 48}}
+                                                             "memory": str(tmp_path / "mem")}}
+    assert by["text_injection"]["options"]["domains"]["materials"] == {"expert": str(tmp_path / "em"),
+                                                                       "memory": str(tmp_path / "mem")}
     assert by["gag"]["datasets"] == ["materials"]
     assert set(skipped) == {"grip", "mixed"}
     art.update(injector_adjuvant=tmp_path / "ia", ppr_banks=tmp_path / "banks", grip_model=tmp_path / "g",

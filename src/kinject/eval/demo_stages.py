@@ -13,7 +13,6 @@ unchanged.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from kinject.demo import DemoContext, stage
@@ -26,20 +25,11 @@ OPEN = ("general", "wiki_1hop", "wiki_2hop")
 MIXED = ("mixed",)
 
 
-def _memory_settings(artifacts: dict, domain: str) -> dict:
-    """The background settings the domain's memory store was built with (system prompt, length),
-    so online backgrounds (gag, text_injection, mixed) are written exactly like the stored ones."""
+def memory_of(artifacts: dict, domain: str) -> dict:
+    """`{"memory": <the domain's memory store>}` when there is one: online backgrounds (gag,
+    text_injection, mixed) are written with its recorded background spec, as the stored ones were."""
     mem = artifacts.get(f"memory_{domain}")
-    man = Path(mem) / "manifest.json" if mem else None
-    if man is None or not man.is_file():
-        return {}
-    cfg = json.loads(man.read_text()).get("config", {})
-    out = {}
-    if cfg.get("system") is not None:
-        out["system"] = cfg["system"]
-    if cfg.get("max_new_tokens"):
-        out["max_background_tokens"] = int(cfg["max_new_tokens"])
-    return out
+    return {"memory": str(mem)} if mem else {}
 
 
 def _grip_agent_settings() -> dict:
@@ -74,10 +64,10 @@ def demo_methods(artifacts: dict) -> tuple[list[dict], dict[str, str]]:
         doms = list(experts)
         entries.append({"name": "expert", "options": {"domains": experts}, "datasets": doms})
         entries.append({"name": "text_injection", "datasets": doms, "options": {
-            "base": base, "domains": {d: {"expert": e, **_memory_settings(artifacts, d)} for d, e in experts.items()}}})
+            "base": base, "domains": {d: {"expert": e, **memory_of(artifacts, d)} for d, e in experts.items()}}})
     else:
         skipped["expert, text_injection"] = "no expert_<domain> (expert stage)"
-    gag = {d: {"expert": e, "injector": str(artifacts[f"injector_{d}"]), **_memory_settings(artifacts, d)}
+    gag = {d: {"expert": e, "injector": str(artifacts[f"injector_{d}"]), **memory_of(artifacts, d)}
            for d, e in experts.items() if artifacts.get(f"injector_{d}")}
     if gag:
         entries.append({"name": "gag", "options": {"base": base, "domains": gag}, "datasets": list(gag)})

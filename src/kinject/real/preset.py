@@ -194,12 +194,12 @@ def write_mixed_set(world: Path, nq_questions: Path, out: Path, per_source: int)
 
 def real_methods(artifacts: dict) -> list[dict]:
     """Method entries for the harness: every method on the real base, from the stages' outputs."""
-    from kinject.eval.demo_stages import _memory_settings
+    from kinject.eval.demo_stages import memory_of
 
     base, index = str(artifacts["real_base"]), str(artifacts["knowledge_index"])
     private = list(DOMAINS)
     experts = {d: str(artifacts[f"expert_{d}"]) for d in DOMAINS}
-    bg = {d: {"expert": e, **_memory_settings(artifacts, d)} for d, e in experts.items()}
+    bg = {d: {"expert": e, **memory_of(artifacts, d)} for d, e in experts.items()}
     entries = [{"name": "base", "options": {"model": base}}]
     entries += [{"name": f"rag_k{k}", "options": {"model": base, "index": index, "passage_format": "numbered"}}
                 for k in (1, 3)]
