@@ -257,9 +257,11 @@ class AddDomainRequest(BaseModel):
     bank: str  # a banks dir holding `name`, or a JSONL of its offline questions
     expert: str
     injector: str
-    system: str = ""
+    # the expert's background settings: unset = the injector's recorded background spec
+    system: str | None = None
     instruction: str = ""
-    max_background_tokens: int = Field(96, ge=1)
+    max_background_tokens: int | None = Field(None, ge=1)
+    memory: str | None = None  # the store the injector was trained on (for an injector that records no spec)
 
 
 # ---------------------------------------------------------------- reading bodies
@@ -660,7 +662,8 @@ def create_app(cfg: ServeConfig, models: ServedModels) -> FastAPI:
         if req.name in server.adding:
             raise DomainExists(f"domain {req.name!r} is being added")
         opts = DomainOptions(expert=req.expert, injector=req.injector, system=req.system,
-                             instruction=req.instruction, max_background_tokens=req.max_background_tokens)
+                             instruction=req.instruction, max_background_tokens=req.max_background_tokens,
+                             memory=req.memory)
         pipe = models.pipeline
 
         def load(bank_dir: str):  # loads the expert/injector (slow): off the event loop, off the model thread
@@ -685,7 +688,7 @@ def create_app(cfg: ServeConfig, models: ServedModels) -> FastAPI:
             bank, route = await asyncio.to_thread(load, bank_dir)
             exists()  # checked again with no await before the swap: add_domain cannot find it served
             snap = pipe.add_domain(req.name, bank, route)
-            server.registry.record_add(req.name, {**req.model_dump(), "bank": bank_dir})
+            server.registry.record_add(req.name, {**req.model_dump(exclude_none=True), "bank": bank_dir})
         except UserError as e:
             raise BadDomain(str(e)) from None
         finally:

@@ -28,7 +28,7 @@ from kinject.io import write_json_atomic
 log = logging.getLogger("kinject.serve")
 
 FORMAT = "kinject-serve-domains/1"
-FIELDS = ("bank", "expert", "injector", "system", "instruction", "max_background_tokens")
+FIELDS = ("bank", "expert", "injector", "system", "instruction", "max_background_tokens", "memory")
 
 
 def default_registry(config: Path) -> Path:
