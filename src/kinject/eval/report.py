@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kinject.eval.results import ResultRow, format_value
-from kinject.io import atomic_path, write_text_atomic
+from kinject.io import write_text_atomic
 
 EFFICIENCY_METRICS = ("added_prompt_tokens", "latency_ms_p50", "avg_retrievals", "expert_tokens")
 ROUTING_METRICS = ("routing_accuracy", "routing_macro_accuracy")
@@ -135,11 +135,9 @@ def collect_curves(out: Path, curves: dict[str, Path]) -> list[Path]:
     """Copy each stage's curve PNG to `curves/<label>.png` and tile them into `training_curves.png`."""
     import shutil
 
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.image as mpimg
-    import matplotlib.pyplot as plt
+
+    from kinject.plots import subplots
 
     (out / "curves").mkdir(parents=True, exist_ok=True)
     paths = []
@@ -155,7 +153,7 @@ def collect_curves(out: Path, curves: dict[str, Path]) -> list[Path]:
     curves = {label: out / "curves" / f"{_slug(label)}.png" for label in curves}
     cols = min(3, len(curves))
     nrows = -(-len(curves) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.2 * nrows), squeeze=False)
+    fig, axes = subplots(nrows, cols, figsize=(4.5 * cols, 3.2 * nrows), squeeze=False)
     for ax, (label, src) in zip(axes.flat, curves.items()):
         ax.imshow(mpimg.imread(src))
         ax.set_title(label, fontsize=9)
@@ -163,21 +161,17 @@ def collect_curves(out: Path, curves: dict[str, Path]) -> list[Path]:
         ax.axis("off")
     fig.suptitle("Training curves of the pipeline's stages")
     paths.append(_save(fig, out / "training_curves.png"))
-    plt.close(fig)
     return paths
 
 
 def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    return path
+    from kinject.plots import save_figure
+
+    return save_figure(fig, path, dpi=120, tight=True)
 
 
 def plot_results(out: Path, rows: Sequence[ResultRow], order: Sequence[str] = ()) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from kinject.plots import subplots
 
     methods = list(dict.fromkeys(r.method for r in rows))
     datasets = [d for d in _datasets(rows, order) if primary_metric(rows, d)]
@@ -185,7 +179,7 @@ def plot_results(out: Path, rows: Sequence[ResultRow], order: Sequence[str] = ()
     paths = []
 
     bars_total = len(datasets) * max(1, len(methods))
-    fig, ax = plt.subplots(figsize=(min(16, max(5, 0.22 * bars_total + 2)), 3.6))
+    fig, ax = subplots(figsize=(min(16, max(5, 0.22 * bars_total + 2)), 3.6))
     width = 0.8 / max(1, len(methods))
     for i, m in enumerate(methods):
         # only the datasets the method ran on get a bar (a method filtered off a dataset is not a 0)
@@ -200,9 +194,8 @@ def plot_results(out: Path, rows: Sequence[ResultRow], order: Sequence[str] = ()
     ax.set_title("Accuracy per method and dataset")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     paths.append(_save(fig, out / "accuracy.png"))
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = subplots(figsize=(5, 3.6))
     for m in methods:
         x = _method_mean(rows, m, "added_prompt_tokens")
         ys = [cell[(m, d, primary_metric(rows, d))] for d in datasets if (m, d, primary_metric(rows, d)) in cell]
@@ -218,19 +211,15 @@ def plot_results(out: Path, rows: Sequence[ResultRow], order: Sequence[str] = ()
     ax.set_ylim(0, 1)
     ax.set_title("Accuracy vs added tokens")
     paths.append(_save(fig, out / "accuracy_vs_tokens.png"))
-    plt.close(fig)
     return paths
 
 
 def plot_confusion(path: Path, report, title: str = "") -> Path:
     """Routing confusion matrix (rows = gold domain, columns = route), counts in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from kinject.plots import subplots
 
     n = len(report.labels)
-    fig, ax = plt.subplots(figsize=(1.2 * n + 2, 1.0 * n + 1.5))
+    fig, ax = subplots(figsize=(1.2 * n + 2, 1.0 * n + 1.5))
     ax.imshow(report.confusion, cmap="Blues")
     ax.set_xticks(range(n), report.labels, rotation=30, ha="right")
     ax.set_yticks(range(n), report.labels)
@@ -242,5 +231,4 @@ def plot_confusion(path: Path, report, title: str = "") -> Path:
     ax.set_ylabel("gold domain")
     ax.set_title(f"Routing {title} (acc {report.accuracy:.3f}, macro {report.macro_accuracy:.3f})", fontsize=9)
     path = _save(fig, path)
-    plt.close(fig)
     return path

@@ -136,14 +136,11 @@ def make_probe_callback(probe, tokenizer):
 
 
 def plot_loss_curves(log_history: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from kinject.plots import save_figure, subplots
 
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
     val = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     if train:
         ax.plot(*zip(*train), label="train", lw=1)
     if val:
@@ -162,8 +159,7 @@ def plot_loss_curves(log_history: list[dict], path: Path, title: str) -> None:
         ax2.set_ylim(0, 1)
         ax2.legend(loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def finish_run(

@@ -310,14 +310,9 @@ def plot_losses(history: list[dict], path: Path) -> Path | None:
     """One panel per loss term against the global step; dashed lines mark phase changes."""
     if not history:
         return None
-    import matplotlib
+    from kinject.plots import save_figure, subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from kinject.io import atomic_path
-
-    fig, axes = plt.subplots(1, len(TERMS), figsize=(4 * len(TERMS), 3.2))
+    fig, axes = subplots(1, len(TERMS), figsize=(4 * len(TERMS), 3.2))
     steps = [h["step"] for h in history]
     changes = [h["step"] for a, h in zip(history, history[1:]) if a["phase"] != h["phase"]]
     for ax, term in zip(axes, TERMS):
@@ -327,7 +322,5 @@ def plot_losses(history: list[dict], path: Path) -> Path | None:
         ax.set_title(term)
         ax.set_xlabel("step")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return path

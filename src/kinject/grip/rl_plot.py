@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kinject.io import atomic_path, write_jsonl_atomic
+from kinject.io import write_jsonl_atomic
 
 CURVES = (
     ("reward", "mean reward"),
@@ -24,15 +24,12 @@ def step_rows(log_history: list[dict]) -> list[dict]:
 def write_metrics(log_history: list[dict], out_jsonl: str | Path, out_png: str | Path, title: str = "") -> list[dict]:
     rows = step_rows(log_history)
     write_jsonl_atomic(out_jsonl, rows)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from kinject.plots import save_figure, subplots
 
     curves = [(k, label) for k, label in CURVES if any(k in r for r in rows)]
     ncols = min(3, max(1, len(curves)))
     nrows = max(1, -(-len(curves) // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.6 * nrows), squeeze=False)
+    fig, axes = subplots(nrows, ncols, figsize=(3.6 * ncols, 2.6 * nrows), squeeze=False)
     for ax in axes.flat[len(curves):]:
         ax.axis("off")
     for ax, (key, label) in zip(axes.flat, curves, strict=False):
@@ -44,7 +41,5 @@ def write_metrics(log_history: list[dict], out_jsonl: str | Path, out_png: str |
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_png, dpi=110)
     return rows

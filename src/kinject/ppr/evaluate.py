@@ -135,14 +135,11 @@ def confusion_csv(res: EvalResult) -> str:
 
 
 def plot_confusion(res: EvalResult, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from kinject.plots import save_figure, subplots
 
     rows = res.confusion.sum(axis=1, keepdims=True).clip(min=1)
     frac = res.confusion / rows
-    fig, ax = plt.subplots(figsize=(1.4 + 1.1 * len(res.columns), 1.2 + 0.8 * len(res.labels)))
+    fig, ax = subplots(figsize=(1.4 + 1.1 * len(res.columns), 1.2 + 0.8 * len(res.labels)))
     ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(res.columns)), res.columns, rotation=30, ha="right")
     ax.set_yticks(range(len(res.labels)), res.labels)
@@ -154,8 +151,7 @@ def plot_confusion(res: EvalResult, path: Path, title: str) -> None:
                     color="white" if frac[i, j] > 0.5 else "black", fontsize=9)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def write_eval(res: EvalResult, out: Path, dataset: str, split: str) -> list[ResultRow]:
