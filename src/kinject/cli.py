@@ -78,7 +78,7 @@ def model_import_cmd(
     """Import a GGUF model into a dense local Hugging Face checkpoint (offline)."""
     from kinject.model_import import import_gguf
 
-    manifest = import_gguf(source, out, dtype=dtype, force=force, say=lambda m: typer.echo(m, err=True))
+    manifest = import_gguf(source, out, dtype=dtype, force=force)
     echo_json(manifest)
 
 
@@ -152,7 +152,10 @@ def offline_environment() -> None:
 
 
 def main() -> None:
+    from kinject.log import setup_logging
+
     offline_environment()
+    setup_logging()
     try:
         app()
     except UserError as e:

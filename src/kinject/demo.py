@@ -103,6 +103,9 @@ def demo_workers(n_jobs: int) -> int:
 def _one_thread_worker() -> None:
     # runs before the worker unpickles its job, so torch (imported by the job) starts with 1 thread
     os.environ["OMP_NUM_THREADS"] = "1"
+    from kinject.log import setup_logging
+
+    setup_logging()  # a spawned worker starts without the parent's log handler
 
 
 def job_slots(workers: int, cores: int, side_lane_busy: bool) -> int:

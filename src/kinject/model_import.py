@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kinject.errors import UserError
+from kinject.log import get_logger
+
+log = get_logger(__name__)
 
 MANIFEST = "kinject_import.json"
 GGUF_MAGIC = b"GGUF"
@@ -131,7 +134,7 @@ def _up_to_date(out: Path, sha: str, dtype: str) -> bool:
     return old.get("gguf_sha256") == sha and old.get("dtype") == dtype
 
 
-def import_gguf(source: str, out: str | Path, dtype: str = "float32", force: bool = False, say=None) -> dict:
+def import_gguf(source: str, out: str | Path, dtype: str = "float32", force: bool = False) -> dict:
     """Import `source` into `out` (see the module doc); returns the manifest."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -139,7 +142,6 @@ def import_gguf(source: str, out: str | Path, dtype: str = "float32", force: boo
     from kinject.io import atomic_dir, file_sha256, write_json_atomic
     from kinject.models import quiet_transformers, resolve_dtype, set_generation_stops
 
-    say = say or (lambda msg: None)
     src = locate(source)
     require_gguf_library()
     header = read_header(src.path)
@@ -148,11 +150,11 @@ def import_gguf(source: str, out: str | Path, dtype: str = "float32", force: boo
     out = Path(out)
     sha = file_sha256(src.path)
     if not force and _up_to_date(out, sha, dtype_name):
-        say(f"{out} is up to date ({src.name}, sha256 {sha[:12]}, {dtype_name})")
+        log.info(f"{out} is up to date ({src.name}, sha256 {sha[:12]}, {dtype_name})")
         return json.loads((out / MANIFEST).read_text())
     quiet_transformers()
     folder, name = str(src.path.parent), src.path.name
-    say(f"reading {src.path} ({header['architecture']}, {header['quantization']}) ...")
+    log.info(f"reading {src.path} ({header['architecture']}, {header['quantization']}) ...")
     try:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
         packed = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
@@ -186,7 +188,7 @@ def import_gguf(source: str, out: str | Path, dtype: str = "float32", force: boo
         dense.save_pretrained(str(tmp), safe_serialization=True)
         manifest["probe_max_abs_logit_diff"] = _check_reload(tmp, probe, want, torch_dtype)
         write_json_atomic(tmp / MANIFEST, manifest)
-    say(f"imported {src.name} -> {out} ({manifest['parameters']:,} parameters, {dtype_name}; "
+    log.info(f"imported {src.name} -> {out} ({manifest['parameters']:,} parameters, {dtype_name}; "
         f"reload dense, probe logits max |diff| {manifest['probe_max_abs_logit_diff']:.2e})")
     return manifest
 

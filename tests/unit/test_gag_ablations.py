@@ -76,7 +76,7 @@ def test_ablate_writes_variant_rows_and_table_and_skips_when_complete(tmp_path, 
     manifests = sorted((tmp_path / "abl").glob("materials/*/manifest.json"))
     stamps = {p: p.stat().st_mtime_ns for p in manifests}
     assert len(stamps) == 2
-    run_ablations(GagAblationConfig.model_validate(cfg), say=lambda m: None)
+    run_ablations(GagAblationConfig.model_validate(cfg))
     assert {p: p.stat().st_mtime_ns for p in manifests} == stamps
 
 

@@ -281,9 +281,9 @@ def test_load_bench_batched_vs_unbatched(world, models, tmp_path):
     qs = tmp_path / "q.jsonl"
     qs.write_text("".join(json.dumps({"question": q}) + "\n" for d in Q for q in Q[d]))
     with pytest.raises(UserError, match="distinct questions"):  # each run needs its own questions
-        run_bench(cfg, tmp_path / "bench", 24, 8, "kinject-mixed", qs, 120, [1, 8], say=lambda *_: None, models=models)
+        run_bench(cfg, tmp_path / "bench", 24, 8, "kinject-mixed", qs, 120, [1, 8], models=models)
     qs.write_text("".join(json.dumps({"question": q}) + "\n" for d in Q for q in questions(d, 25, seed=21)))
-    out = run_bench(cfg, tmp_path / "bench", 24, 8, "kinject-mixed", qs, 120, [1, 8], say=lambda *_: None,
+    out = run_bench(cfg, tmp_path / "bench", 24, 8, "kinject-mixed", qs, 120, [1, 8],
                     models=models)
     saved = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert saved == json.loads(json.dumps(out))

@@ -27,7 +27,10 @@ from kinject.eval.results import ResultRow, print_results, write_results
 from kinject.eval.routing import macro_accuracy, routing_accuracy, routing_report
 from kinject.eval.score import score_answers
 from kinject.io import atomic_dir, write_jsonl_atomic
+from kinject.log import get_logger
 from kinject.runs import RunRecorder, fingerprint, inputs_hash, is_complete
+
+log = get_logger(__name__)
 
 #: trace key -> results metric (mean per question), when the method reports it
 TRACE_MEANS = {"added_prompt_tokens": "added_prompt_tokens", "n_retrievals": "avg_retrievals",
@@ -192,7 +195,7 @@ def run_eval(cfg: EvalConfig, out: Path, source: str = "config", force: bool = F
         from kinject.eval.results import read_results
 
         if not quiet:
-            print(f"eval run: {out} is complete with the same config and inputs; skipping (use --force to redo)")
+            log.info(f"eval run: {out} is complete with the same config and inputs; skipping (use --force to redo)")
         return read_results(out)
 
     ctx = MethodContext(cfg.device, cfg.dtype, cfg.batch_size, cfg.max_new_tokens, cfg.seed, cfg.answer_format)

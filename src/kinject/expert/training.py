@@ -22,7 +22,10 @@ from kinject.distributed import trainer_device_kwargs
 from kinject.errors import UserError
 from kinject.expert.config import TrainSection
 from kinject.io import atomic_dir, write_text_atomic
+from kinject.log import get_logger
 from kinject.runs import RunRecorder
+
+log = get_logger(__name__)
 
 HASH_FILE = "kinject_inputs_hash"
 
@@ -224,9 +227,7 @@ def up_to_date(out: Path, inputs_hash: str, force: bool, label: str) -> bool:
 
     if force or not is_complete(out, inputs_hash):
         return False
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[dim]{label}: {out} is up to date (inputs unchanged), skipping[/dim]")
+    log.info(f"{label}: {out} is up to date (inputs unchanged), skipping")
     return True
 
 
@@ -276,12 +277,11 @@ def open_run(out: Path, inputs_hash: str, train: TrainSection, model_path: str, 
     """The start every trainer shares: checkpoint dir (and what to resume from), threads, model.
 
     -> (work_dir, resume checkpoint or None, model, tokenizer)."""
-    from rich.console import Console
 
     work = work_dir_for(out)
     resume = prepare_work_dir(work, inputs_hash)
     if resume:
-        Console(stderr=True).print(f"{label}: resuming from {resume}")
+        log.info(f"{label}: resuming from {resume}")
     set_threads(train)
     with rec.timer("load_model"):
         model, tok = load_trainable(model_path, dtype, train.gradient_checkpointing)

@@ -21,7 +21,10 @@ from pydantic import Field
 
 from kinject.config import StageConfig, StrictModel, register_config
 from kinject.eval.results import ResultRow
+from kinject.log import get_logger
 from kinject.resources import shipped
+
+log = get_logger(__name__)
 
 
 class Variant(StrictModel):
@@ -65,7 +68,7 @@ def memory_dirs(cfg: GagAblationConfig, domain: str, slots: int) -> tuple[Path, 
     return store, align
 
 
-def run_variant(cfg: GagAblationConfig, domain: str, name: str, variant: Variant, say=print) -> list[ResultRow]:
+def run_variant(cfg: GagAblationConfig, domain: str, name: str, variant: Variant) -> list[ResultRow]:
     """Train (or reuse) one injector and score it; returns its results rows."""
     from kinject.config import load_config
     from kinject.eval.results import read_results, write_results
@@ -90,12 +93,12 @@ def run_variant(cfg: GagAblationConfig, domain: str, name: str, variant: Variant
     h = inputs_hash({"stage3": s3.model_dump(), "splits": cfg.splits}, mem / "manifest.json", amem / "manifest.json",
                     base)
     if is_complete(run_dir, h):
-        say(f"{domain} {name}: complete, reusing {run_dir}")
+        log.info(f"{domain} {name}: complete, reusing {run_dir}")
         return read_results(run_dir / "eval" / "results.jsonl")
     fresh_or_resume(run_dir, h)
-    say(f"{domain} {name}: training ({variant.slots} slots, overrides {cfg.stage3_overrides + variant.overrides})")
+    log.info(f"{domain} {name}: training ({variant.slots} slots, overrides {cfg.stage3_overrides + variant.overrides})")
     rec = RunRecorder(run_dir, "gag ablate", s3, s3.seed)
-    trainer = Stage3Trainer(s3, say=say)
+    trainer = Stage3Trainer(s3)
     with rec.timer("train"):
         rec.metrics.update(trainer.train())
     rows = []
@@ -128,7 +131,7 @@ def markdown_table(rows: list[ResultRow], metric: str = "em") -> str:
     return f"{metric.upper()} (n = {', '.join(map(str, ns))} per dataset)\n\n" + head + "\n".join(lines) + "\n"
 
 
-def run_ablations(cfg: GagAblationConfig, say=print) -> list[ResultRow]:
+def run_ablations(cfg: GagAblationConfig) -> list[ResultRow]:
     from kinject.eval.results import write_results
     from kinject.io import require_dir, write_text_atomic
 
@@ -140,7 +143,7 @@ def run_ablations(cfg: GagAblationConfig, say=print) -> list[ResultRow]:
     rows = []
     for name, variant in cfg.variants.items():  # variant-major: the reference `gag` rows come first
         for domain in cfg.domains:
-            rows += run_variant(cfg, domain, name, variant, say)
+            rows += run_variant(cfg, domain, name, variant)
     rows.sort(key=lambda r: cfg.domains.index(r.dataset.split("_")[0]) if r.dataset.split("_")[0] in cfg.domains
               else len(cfg.domains))
     out = Path(cfg.out)

@@ -14,14 +14,17 @@ from dataclasses import dataclass
 import torch
 
 from kinject.errors import UserError
+from kinject.log import get_logger
 from kinject.prompts import assistant_text, gag_messages, render, with_answer
 from kinject.runs import model_fingerprint
 from kinject.tokenizer import GAG_TOKEN, IM_END
 
+log = get_logger(__name__)
 
-def ensure_gag_token(model, tokenizer, say=None) -> bool:
+
+def ensure_gag_token(model, tokenizer) -> bool:
     """Add `<GAG>` as a special token when the tokenizer lacks it (resizing the embeddings
-    only if its id falls outside them). Returns True when it was added; `say` gets a message."""
+    only if its id falls outside them). Returns True when it was added (and logs it)."""
     from kinject.models import add_special_tokens
 
     rows = model.get_input_embeddings().weight.shape[0]
@@ -30,8 +33,7 @@ def ensure_gag_token(model, tokenizer, say=None) -> bool:
     msg = f"added {GAG_TOKEN} to the base tokenizer (id {tokenizer.convert_tokens_to_ids(GAG_TOKEN)})"
     if model.get_input_embeddings().weight.shape[0] > rows:
         msg += f"; resized the base's embeddings {rows} -> {len(tokenizer)} rows"
-    if say is not None:
-        say(msg)
+    log.info(msg)
     return True
 
 
@@ -75,14 +77,14 @@ def _pad(rows: list[list[int]], value: int, left: bool = False) -> tuple[torch.T
 
 
 class InjectedBase:
-    def __init__(self, model, tokenizer, num_slots: int, instruction: str = "", say=None, answer_format: str = ""):
+    def __init__(self, model, tokenizer, num_slots: int, instruction: str = "", answer_format: str = ""):
         if num_slots < 1:
             raise UserError(f"number of slots must be >= 1 (got {num_slots})")
         self.model, self.tokenizer = model, tokenizer
         self.num_slots = num_slots
         self.instruction = instruction
         self.answer_format = answer_format  # the answer-format help line (prompts.py); the injector records it
-        self.added_gag = ensure_gag_token(model, tokenizer, say)
+        self.added_gag = ensure_gag_token(model, tokenizer)
         self.gag_id = tokenizer.convert_tokens_to_ids(GAG_TOKEN)
         end = tokenizer.convert_tokens_to_ids(IM_END) if IM_END in tokenizer.get_vocab() else None
         self.end_id = end if end is not None else tokenizer.eos_token_id
@@ -90,12 +92,12 @@ class InjectedBase:
         model.eval()
 
     @classmethod
-    def load(cls, path, num_slots: int, device: str = "auto", dtype: str = "auto", instruction: str = "", say=None,
+    def load(cls, path, num_slots: int, device: str = "auto", dtype: str = "auto", instruction: str = "",
              answer_format: str = ""):
         from kinject.models import load_causal_lm
 
         model, tok = load_causal_lm(path, device=device, dtype=dtype)
-        return cls(model, tok, num_slots, instruction, say, answer_format)
+        return cls(model, tok, num_slots, instruction, answer_format)
 
     @property
     def device(self) -> torch.device:

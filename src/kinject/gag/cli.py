@@ -12,10 +12,6 @@ from kinject.cliargs import Overrides
 gag_app = typer.Typer(help="GAG injection: Stage III injector training and injected answering.", no_args_is_help=True)
 
 
-def _say(msg: str) -> None:
-    typer.echo(msg, err=True)
-
-
 @gag_app.command("train")
 def train_cmd(
     config: Annotated[Path, typer.Option("--config", "-c", help="gag_stage3 YAML")],
@@ -30,7 +26,7 @@ def train_cmd(
 
     cfg = load_config(config, overrides or [], expect=Stage3Config)
     rec = RunRecorder(cfg.out, "gag train", cfg, cfg.seed)
-    trainer = Stage3Trainer(cfg, say=_say)
+    trainer = Stage3Trainer(cfg)
     with rec.timer("train"):
         metrics = trainer.train()
     if trainer.accelerator.is_main_process:
@@ -63,7 +59,7 @@ def answer_cmd(
         raise UserError("gag answer: give at least one question")
     cfg = load_config(config, [*(override or []), *overrides], expect=GagAnswerConfig)
     pipe = GagPipeline(cfg.expert, cfg.base, cfg.injector, cfg.system, cfg.instruction, cfg.max_background_tokens,
-                       cfg.device, cfg.dtype, cfg.batch_size, say=_say, memory=cfg.memory)
+                       cfg.device, cfg.dtype, cfg.batch_size, memory=cfg.memory)
     for a in pipe.answer(questions, max_new_tokens=cfg.max_new_tokens):
         if json_out:
             typer.echo(json.dumps(a.__dict__, ensure_ascii=False))
@@ -97,7 +93,7 @@ def eval_cmd(
     inj = Injector.load(injector)
     store = MemoryStore(memory)
     inj.check_store(store.meta, f"memory store {memory}")
-    ib = InjectedBase.load(base, inj.config.slots, device, "auto", say=_say)
+    ib = InjectedBase.load(base, inj.config.slots, device, "auto")
     inj.check_base(ib.identity(), f"base {base}")
     inj.to(ib.device).eval()
     rec = RunRecorder(out, "gag eval", {"injector": str(injector), "base": str(base), "memory": str(memory),
@@ -124,7 +120,7 @@ def ablate_cmd(
     from kinject.gag.ablations import GagAblationConfig, run_ablations
 
     cfg = load_config(config, overrides or [], expect=GagAblationConfig)
-    run_ablations(cfg, say=_say)
+    run_ablations(cfg)
     typer.echo((Path(cfg.out) / "table.md").read_text())
     typer.echo(f"results in {Path(cfg.out) / 'results.jsonl'}")
 

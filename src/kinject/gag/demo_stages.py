@@ -55,7 +55,7 @@ def train_and_score(cfg, inputs_hash: str, command: str, eval_sets: Callable[[],
         return run_dir
     fresh_or_resume(run_dir, inputs_hash)
     rec = RunRecorder(run_dir, command, cfg, cfg.seed)
-    trainer = Stage3Trainer(cfg, say=print)
+    trainer = Stage3Trainer(cfg)
     with rec.timer("train"):
         rec.metrics.update(trainer.train())
     rows = []

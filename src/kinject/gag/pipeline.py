@@ -88,7 +88,7 @@ class GagPipeline:
 
     def __init__(self, expert: str, base: str, injector: str, system: str | None = None, instruction: str = "",
                  max_background_tokens: int | None = None, device: str = "auto", dtype: str = "auto",
-                 batch_size: int = 16, say=None, cache_size: int = 256, memory: str | None = None):
+                 batch_size: int = 16, cache_size: int = 256, memory: str | None = None):
         from kinject.memory.layers import check_layer_keys
         from kinject.models import load_causal_lm
 
@@ -107,7 +107,7 @@ class GagPipeline:
         if fingerprints_conflict(self.expert_fingerprint, want):
             raise UserError(f"expert {expert} is not the one whose memories trained the injector: fingerprint "
                             f"{self.expert_fingerprint!r} (expert) vs {want!r} (injector {injector})")
-        self.base = InjectedBase.load(base, self.injector.config.slots, device, dtype, instruction, say,
+        self.base = InjectedBase.load(base, self.injector.config.slots, device, dtype, instruction,
                                       answer_format=self.injector.config.answer_format)
         self.injector.check_base(self.base.identity(), f"base {base}")
         self.injector.to(self.base.device).eval()

@@ -32,7 +32,10 @@ from kinject.gag.config import PhaseConfig, Stage3Config
 from kinject.gag.injector import WEIGHTS_FILE, Injector, InjectorConfig, memory_batch
 from kinject.gag.losses import diversity_loss, masked_mean, semantic_loss
 from kinject.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from kinject.log import get_logger
 from kinject.memory.store import MemoryStore, item_id, row_question
+
+log = get_logger(__name__)
 
 CKPT_DIR = "checkpoints"
 TERMS = ("loss", "nll", "sem", "div")
@@ -133,7 +136,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 # ---------------------------------------------------------------------------- trainer
 class Stage3Trainer:
-    def __init__(self, cfg: Stage3Config, base: InjectedBase | None = None, say=None):
+    def __init__(self, cfg: Stage3Config, base: InjectedBase | None = None):
         from accelerate import DataLoaderConfiguration, DistributedDataParallelKwargs
 
         from kinject.distributed import make_accelerator
@@ -141,7 +144,6 @@ class Stage3Trainer:
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.say = say or (lambda msg: None)
         self.out = Path(cfg.out)
         self.phases = [load_phase(n, p) for n, p in (("alignment", cfg.alignment), ("domain", cfg.domain))
                        if p is not None]
@@ -158,7 +160,7 @@ class Stage3Trainer:
         if base is None:
             device = str(self.accelerator.device) if cfg.device == "auto" else cfg.device
             slots = metas[0][1].slots
-            base = InjectedBase.load(cfg.base, slots, device, cfg.base_dtype, cfg.instruction, say=self.say,
+            base = InjectedBase.load(cfg.base, slots, device, cfg.base_dtype, cfg.instruction,
                                      answer_format=cfg.answer_format)
         self.base = base
         self.injector = self._make_injector(metas)
@@ -241,7 +243,7 @@ class Stage3Trainer:
                        if h["step"] <= state["global_step"]]
         resume_phase = state["phase"] if ckpt else None  # `state` moves on as phases finish
         if ckpt:
-            self.say(f"resuming from {ckpt} (phase {state['phase']}, step {state['phase_step']})")
+            log.info(f"resuming from {ckpt} (phase {state['phase']}, step {state['phase_step']})")
         params = [p for p in self.injector.parameters() if p.requires_grad]
         t0, steps_run = time.perf_counter(), 0
         for pi, phase in enumerate(self.phases):

@@ -14,11 +14,13 @@ stderr and in the manifest); `control_tokens: text` keeps them as plain sub-word
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 from kinject.errors import UserError
 from kinject.grip.format import CONTROL_TOKENS
+from kinject.log import get_logger
+
+log = get_logger(__name__)
 
 
 def ensure_control_tokens(model, tok, mode: str = "special") -> list[str]:
@@ -30,8 +32,8 @@ def ensure_control_tokens(model, tok, mode: str = "special") -> list[str]:
 
     missing = add_special_tokens(model, tok, CONTROL_TOKENS)
     if missing:
-        print(f"grip sft: tokenizer lacked {', '.join(missing)}; added them as special tokens and "
-              f"resized the embeddings to {len(tok)}", file=sys.stderr)
+        log.info(f"grip sft: tokenizer lacked {', '.join(missing)}; added them as special tokens and "
+                 f"resized the embeddings to {len(tok)}")
     for t in CONTROL_TOKENS:
         if len(tok(t, add_special_tokens=False).input_ids) != 1:
             raise UserError(f"grip sft: {t} is not a single token after adding it; check the tokenizer")
@@ -130,7 +132,7 @@ def train_sft(cfg, out: str | Path | None = None) -> Path:
     out = Path(out or cfg.out)
     h = inputs_hash(cfg, cfg.data, cfg.model)
     if is_complete(out, h):
-        print(f"grip sft: {out} is complete for these inputs; skipping", file=sys.stderr)
+        log.info(f"grip sft: {out} is complete for these inputs; skipping")
         return out
     torch.set_num_threads(cfg.threads)
     rows = read_sft_rows(cfg.data, cfg.limit)
@@ -145,7 +147,7 @@ def train_sft(cfg, out: str | Path | None = None) -> Path:
     n_long = sum(n > cfg.max_length for n in lengths)
     recs = [r for r, n in zip(recs, lengths, strict=True) if n <= cfg.max_length]
     if n_long:
-        print(f"grip sft: dropped {n_long} rows longer than max_length={cfg.max_length}", file=sys.stderr)
+        log.warning(f"grip sft: dropped {n_long} rows longer than max_length={cfg.max_length}")
     if not recs:
         raise UserError(f"grip sft: no row fits max_length={cfg.max_length}; raise it")
     work = out.parent / f".{out.name}.work"

@@ -32,7 +32,6 @@ from kinject.demo import (
     Stage,
     StageTimings,
     _run_stage,
-    console,
     run_demo,
     run_parallel,
 )
@@ -65,7 +64,7 @@ def import_stage(ctx: DemoContext, out: Path) -> None:
     from kinject.model_import import import_gguf
 
     model_dir = Path(ctx.out).parent / "models" / MODEL  # outputs/real -> outputs/models/<model>
-    man = import_gguf(MODEL, model_dir, say=console.print)
+    man = import_gguf(MODEL, model_dir)
     ctx.artifacts["real_base"] = model_dir
     ctx.summary["import: base"] = f"{MODEL} ({man['quantization']} dequantized, {man['parameters']:,} parameters)"
 

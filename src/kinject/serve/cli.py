@@ -71,7 +71,7 @@ def bench_serve(
 
     cfg = load_serve_config(config, overrides)
     sizes = [int(x) for x in batch_sizes.split(",") if x.strip()]
-    res = run_bench(cfg, out, requests, concurrency, model, data, max_seconds, sizes, say=typer.echo)
+    res = run_bench(cfg, out, requests, concurrency, model, data, max_seconds, sizes)
     typer.echo(f"wrote {out / 'bench.json'} (batching gain x{res['batching_gain']:.2f})"
                if res.get("batching_gain") else f"wrote {out / 'bench.json'}")
 

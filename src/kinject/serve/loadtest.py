@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from kinject.errors import UserError
+from kinject.log import get_logger
+
+log = get_logger(__name__)
 
 FALLBACK_QUESTIONS = [
     "What is the capital of Norland?", "Which lab developed Ferovia-2?", "Through which receptor does Sambram signal?",
@@ -92,7 +95,7 @@ async def fire(url: str, model: str, questions: list[str], n: int, concurrency: 
 
 
 def run_bench(cfg, out: Path, requests: int, concurrency: int, model: str, data: Path | None,
-              max_seconds: float, batch_sizes: list[int], say=print, models=None) -> dict:
+              max_seconds: float, batch_sizes: list[int], models=None) -> dict:
     """`models`: already loaded `ServedModels` for `cfg` (default: load them)."""
     import httpx
     import torch
@@ -122,7 +125,7 @@ def run_bench(cfg, out: Path, requests: int, concurrency: int, model: str, data:
             asyncio.run(fire(srv.url, model, warm_q, len(warm_q), min(len(warm_q), bs), max_seconds, headers))
             models.clear_caches()
             before = httpx.get(f"{srv.url}/health").json()["queues"].get(model, {})
-            say(f"batch size {bs}: {requests} requests, {concurrency} in flight ...")
+            log.info(f"batch size {bs}: {requests} requests, {concurrency} in flight ...")
             res = asyncio.run(fire(srv.url, model, mine, requests, concurrency, max_seconds, headers))
             after = httpx.get(f"{srv.url}/health").json()["queues"].get(model, {})
         batches = after.get("batches", 0) - before.get("batches", 0)
@@ -130,13 +133,13 @@ def run_bench(cfg, out: Path, requests: int, concurrency: int, model: str, data:
         res.update({"max_batch_size": bs, "max_wait_ms": cfg.batching.max_wait_ms, "max_queue": cfg.batching.max_queue,
                     "model_calls": batches, "mean_batch": round(served / batches, 2) if batches else None})
         res["distinct_questions"] = len(set(mine))
-        say(f"  {res['throughput_rps']} req/s, p50 {res['latency_ms_p50']} ms, p99 {res['latency_ms_p99']} ms, "
+        log.info(f"  {res['throughput_rps']} req/s, p50 {res['latency_ms_p50']} ms, p99 {res['latency_ms_p99']} ms, "
             f"status {res['status']}, mean batch {res['mean_batch']}")
         runs.append(res)
     # the reference: every question asked alone (batch size 1, one at a time, cold)
     alone_cfg = cold.model_copy(update={"batching": cfg.batching.model_copy(update={"max_batch_size": 1})})
     models.clear_caches()
-    say(f"checking {sum(len(r['answers']) for r in runs)} answers against the same questions asked alone ...")
+    log.info(f"checking {sum(len(r['answers']) for r in runs)} answers against the same questions asked alone ...")
     with ServerThread(create_app(alone_cfg, models)) as srv:
         asked = [q for r in runs for q in r["answers"]]
         alone = asyncio.run(fire(srv.url, model, asked, len(asked), 1, max_seconds * len(runs), headers))["answers"]

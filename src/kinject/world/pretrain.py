@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -28,9 +27,12 @@ import torch
 
 from kinject.errors import UserError
 from kinject.io import iter_jsonl, require_dir, require_file, write_json_atomic
+from kinject.log import get_logger
 from kinject.runs import RunRecorder, inputs_hash, is_complete
 from kinject.world.config import FoundationConfig, ModelShape, TrainSettings
 from kinject.world.render import split_prompt
+
+log = get_logger(__name__)
 
 IGNORE = -100
 
@@ -178,7 +180,7 @@ def train_model(name: str, shape: ModelShape, ts: TrainSettings, tok, docs, cfg:
                 curve.append(rec)
             log.write(json.dumps(rec) + "\n")
             log.flush()
-            print(json.dumps(rec), file=sys.stderr, flush=True)
+            log.info(json.dumps(rec))
     el = time.time() - t0
     final = {k: round(quick_eval(model, tok, v), 3) for k, v in evals.items()}
     stats = {"parameters": count_parameters(model), "steps": step, "epochs": epoch + pos / max(1, len(xs)),

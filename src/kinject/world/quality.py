@@ -13,6 +13,9 @@ import random
 from pathlib import Path
 
 from kinject.io import iter_jsonl, require_dir, write_json_atomic
+from kinject.log import get_logger
+
+log = get_logger(__name__)
 
 BARS = {
     "closed_book_seen": (">=", 0.8),
@@ -106,5 +109,5 @@ def measure_quality(foundation: str | Path, world: str | Path, out: str | Path, 
                                           "scores": report})
     print_results([r for r in rows if r.metric == "em"], title=f"foundation quality: EM, up to {n} questions per test")
     for k, b in bars.items():
-        print(f"bar {k}: {b['em']:.3f} {b['bar']} -> {'PASS' if b['pass'] else 'FAIL'}")
+        log.info(f"bar {k}: {b['em']:.3f} {b['bar']} -> {'PASS' if b['pass'] else 'FAIL'}")
     return {"bars": bars, "scores": report}
