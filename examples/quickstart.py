@@ -126,7 +126,7 @@ def gag_answers(inp: Inputs, device: str) -> list[dict]:
     """GAG: the domain expert writes a background, 4 latent slots carry it into the frozen base."""
     domain = next(iter(inp.experts))
     # the background is written as the injector's training memories were (its recorded spec)
-    pipe = kinject.GagPipeline(expert=inp.experts[domain], base=inp.base, injector=inp.injectors[domain],
+    pipe = kinject.GagPipeline.from_pretrained(expert=inp.experts[domain], base=inp.base, injector=inp.injectors[domain],
                                instruction=inp.instructions[domain], device=device)
     answers = pipe.answer([r["question"] for r in inp.gag_questions], max_new_tokens=16)
     return [{"domain": domain, "question": a.question, "answer": a.answer, "gold": r.get("answer"),
@@ -165,7 +165,7 @@ def mixed_answers(inp: Inputs, router, device: str) -> list[dict]:
         banks=inp.banks, base=inp.base, device=device, max_new_tokens=16,
         domains={d: {"expert": inp.experts[d], "injector": inp.injectors[d], "instruction": inp.instructions[d]}
                  for d in inp.experts})
-    pipe = kinject.MixedPipeline.from_options(opts, encoder=router.encoder)  # the encoder loads once
+    pipe = kinject.MixedPipeline.from_config(opts, encoder=router.encoder)  # the encoder loads once
     batch = [{"id": f"q{i}", "question": r["question"]} for i, r in enumerate(inp.routing_questions)]
     return [{"question": q["question"], "route": out["trace"]["route"], "method": out["trace"]["method"],
              "answer": out["prediction"]} for q, out in zip(batch, pipe.answer(batch), strict=True)]
@@ -183,7 +183,7 @@ def run(inp: Inputs, device: str) -> dict:
         out["seconds"][name] = round(time.perf_counter() - t0, 2)
 
     timed("gag", gag_answers, inp, device)
-    router = kinject.Router.from_dir(inp.banks)
+    router = kinject.Router.from_pretrained(inp.banks)
     timed("routing", routes, inp, router)
     with kinject.open_index(inp.index) as index:
         timed("retrieval", retrieval, inp, index)

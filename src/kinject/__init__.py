@@ -8,8 +8,8 @@ is fast, imports no torch and changes nothing in the host process (the `kinject`
 the offline Hugging Face variables itself, `kinject.cli.offline_environment`):
 
     import kinject
-    pipe = kinject.GagPipeline(expert="...", base="...", injector="...")
-    router = kinject.Router.from_dir("outputs/demo/ppr/banks")
+    pipe = kinject.GagPipeline.from_pretrained(expert="...", base="...", injector="...")
+    router = kinject.Router.from_pretrained("outputs/demo/ppr/banks")
 
 `examples/quickstart.py` runs each of them end to end.
 """

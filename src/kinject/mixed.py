@@ -16,7 +16,7 @@ whole pipeline: a broken bank leaves the router (its questions fall to `general`
 expert/injector becomes an `UnavailableRoute` (its rows fail with `unavailable`). Either way
 `unavailable` names it with the reason.
 
-    pipe = MixedPipeline.from_options(MixedOptions(banks=..., base=..., domains={...}))
+    pipe = MixedPipeline.from_config(MixedOptions(banks=..., base=..., domains={...}))
     pipe.answer([{"id": "q1", "question": "Which lab developed Ferovia-2?"}])
 """
 
@@ -179,13 +179,13 @@ class UnavailableRoute:
 
 class GagRoute:
     """One private domain: its expert writes a background, the injector carries it into the
-    shared base (`PreloadedGagPipeline`). The injector files are checked before every call."""
+    shared base (a `GagPipeline` over the loaded models). The injector files are checked before every call."""
 
     def __init__(self, domain: str, opts: DomainOptions, models: ModelCache, base: Path,
                  max_new_tokens: int, batch_size: int):
         from kinject.gag.base import InjectedBase
         from kinject.gag.injector import Injector
-        from kinject.gag.preloaded import PreloadedGagPipeline
+        from kinject.gag.pipeline import GagPipeline
 
         self.domain, self.opts, self.models = domain, opts, models
         self.name = f"gag-{domain}"
@@ -198,17 +198,15 @@ class GagRoute:
         with models.lock:  # the shared base's tokenizer may be in use by a running route
             injected = InjectedBase(model, tok, injector.config.slots, opts.instruction,
                                     answer_format=injector.config.answer_format)
-            self.pipe = PreloadedGagPipeline(expert, expert_tok, injected, injector, opts.system,
-                                             opts.max_background_tokens, batch_size, str(self.injector_dir),
-                                             memory=opts.memory)
+            self.pipe = GagPipeline(expert, expert_tok, injected, injector, opts.system, opts.max_background_tokens,
+                                    batch_size, memory=opts.memory, where=str(self.injector_dir))
         self._sig = sig
         self.tokenizer = tok
 
     def _refresh(self) -> None:
         """Reload the injector when its files changed; refuse when they are gone or broken."""
         from kinject.gag.injector import Injector
-        from kinject.gag.pipeline import background_spec
-        from kinject.gag.preloaded import check_injector
+        from kinject.gag.pipeline import background_spec, check_injector
 
         sig = _file_sig(self.injector_dir)
         if sig == self._sig:
@@ -307,7 +305,7 @@ class MixedPipeline:
 
     # ------------------------------------------------------------ building
     @classmethod
-    def from_options(cls, opts: MixedOptions, strict: bool = False, hint: str = "", encoder=None,
+    def from_config(cls, opts: MixedOptions, strict: bool = False, hint: str = "", encoder=None,
                      isolate: bool = False) -> MixedPipeline:
         """Everything from paths: banks (+ their encoder, unless a loaded `encoder` is given), the
         base loaded once, one GAG route per domain, optionally GRIP. `hint` ends each
@@ -332,7 +330,7 @@ class MixedPipeline:
                     unavailable[name] = str(e)
             router = Router(encoder, loaded, opts.margin, opts.abstain)
         else:
-            router = Router.from_dir(opts.banks, encoder=encoder, margin=opts.margin, abstain=opts.abstain)
+            router = Router.from_pretrained(opts.banks, encoder=encoder, margin=opts.margin, abstain=opts.abstain)
         models = ModelCache(opts.device, opts.dtype)
         banks = list(router.banks)
         for name, d in opts.domains.items():

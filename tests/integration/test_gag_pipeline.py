@@ -77,7 +77,7 @@ def test_memory_train_answer_end_to_end(tmp_path, tiny_model_dir, tiny_tokenizer
         assert o["answer"] == off.text
     from kinject.gag.pipeline import GagPipeline
 
-    pipe = GagPipeline(str(tiny_model_dir), str(tmp_path / "base"), str(tmp_path / "s3" / "injector"),
+    pipe = GagPipeline.from_pretrained(str(tiny_model_dir), str(tmp_path / "base"), str(tmp_path / "s3" / "injector"),
                        common["system"], instr, 8, "cpu", "float32")
     _, inputs = pipe.memories([dom[3]["input"]])
     torch.testing.assert_close(inputs["slots"][0], store.get("materials-train-3"), rtol=1e-4, atol=1e-4)

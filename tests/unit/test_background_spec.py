@@ -66,7 +66,7 @@ def art(tmp_path_factory, tiny_tokenizer, tiny_model_dir):
 def pipeline(art, **kw):
     from kinject.gag.pipeline import GagPipeline
 
-    return GagPipeline(art["expert"], art["base"], str(kw.pop("injector", art["injector"])), device="cpu",
+    return GagPipeline.from_pretrained(art["expert"], art["base"], str(kw.pop("injector", art["injector"])), device="cpu",
                        dtype="float32", batch_size=4, **kw)
 
 

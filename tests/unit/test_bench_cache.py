@@ -17,7 +17,7 @@ def setup(tmp_path_factory):
 def _pipe(setup, cache_size):
     from kinject.gag.pipeline import GagPipeline
 
-    return GagPipeline(setup.expert, setup.base, setup.injector, setup.system, "", 6, "cpu", "float32", 4,
+    return GagPipeline.from_pretrained(setup.expert, setup.base, setup.injector, setup.system, "", 6, "cpu", "float32", 4,
                        cache_size=cache_size)
 
 

@@ -30,7 +30,7 @@ def minilm():
 
 @pytest.fixture()
 def pipe(world, minilm):
-    return MixedPipeline.from_options(options_of(world), encoder=minilm)
+    return MixedPipeline.from_config(options_of(world), encoder=minilm)
 
 
 class Spy:
@@ -175,28 +175,22 @@ def test_bad_setups_are_one_line_errors(pipe, world, tmp_path):
     opts = options_of(world).model_dump()
     opts["domains"]["materials"]["injector"] = str(tmp_path / "nope")
     with pytest.raises(UserError, match=r"domains.materials.injector: .*nope does not exist; run make demo"):
-        MixedPipeline.from_options(MixedOptions(**opts), hint="; run make demo")
+        MixedPipeline.from_config(MixedOptions(**opts), hint="; run make demo")
     opts = options_of(world).model_dump()
     opts["domains"]["finance"] = opts["domains"]["materials"]
     with pytest.raises(UserError, match="domain 'finance' has no bank"):
-        MixedPipeline.from_options(MixedOptions(**opts))
+        MixedPipeline.from_config(MixedOptions(**opts))
 
 
-def test_preloaded_gag_pipeline_sets_what_gag_pipeline_init_sets(pipe):
-    """PreloadedGagPipeline bypasses GagPipeline.__init__: it must set every attribute that one
-    sets (a new one there, e.g. a cache, would otherwise break the mixed pipeline at run time)."""
-    import ast
-    import inspect
-    import textwrap
-
+def test_gag_routes_share_one_loaded_base(pipe):
+    """Every GAG route is a `GagPipeline` built from loaded objects: the domains share the one base
+    model (not a copy per domain), each with its own injector."""
     from kinject.gag.pipeline import GagPipeline
 
-    tree = ast.parse(textwrap.dedent(inspect.getsource(GagPipeline.__init__)))
-    wanted = {t.attr for node in ast.walk(tree) if isinstance(node, ast.Assign)
-              for tgt in node.targets for t in (tgt.elts if isinstance(tgt, ast.Tuple) else [tgt])
-              if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
-    assert {"injector", "expert", "base"} <= wanted
-    assert wanted <= set(vars(pipe.routes["materials"].pipe))
+    routes = [r.pipe for name, r in pipe.routes.items() if hasattr(r, "pipe")]
+    assert len(routes) >= 2 and all(isinstance(p, GagPipeline) for p in routes)
+    assert len({id(p.base.model) for p in routes}) == 1
+    assert len({id(p.injector) for p in routes}) == len(routes)
 
 
 def test_grip_route_with_its_own_bank(world, minilm, tmp_path):
@@ -217,9 +211,9 @@ def test_grip_route_with_its_own_bank(world, minilm, tmp_path):
     grip = {"model": world["domains"]["materials"]["expert"], "index": str(tmp_path / "index"),
             "max_rounds": 2, "max_new_tokens": 6}
     opts = options_of(world).model_dump()
-    alone = MixedPipeline.from_options(MixedOptions(**{**opts, "grip": grip}), encoder=minilm)
+    alone = MixedPipeline.from_config(MixedOptions(**{**opts, "grip": grip}), encoder=minilm)
     assert alone.grip is not None and "wiki" not in alone.routes
-    routed = MixedPipeline.from_options(
+    routed = MixedPipeline.from_config(
         MixedOptions(**{**opts, "grip": {**grip, "bank": str(tmp_path / "wiki.jsonl")}}), encoder=minilm)
     assert list(routed.routes) == ["general", "materials", "adjuvant", "wiki"] and routed.routes["wiki"] is routed.grip
     rows = [{"id": "w", "question": "How many scrolls does the archive vault number 3 hold?"},

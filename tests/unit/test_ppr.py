@@ -176,7 +176,7 @@ def test_build_writes_banks_with_metadata(banks2, minilm, world):
 
 
 def test_router_scores_are_max_cosine_per_domain(banks2, minilm):
-    router = Router.from_dir(banks2, minilm)
+    router = Router.from_pretrained(banks2, minilm)
     qs = ["What is the BET surface area of Quzan-12?", "Who wrote the novel Palmo?"]
     emb = minilm.encode(qs)
     scores = router.score_embeddings(emb)
@@ -190,15 +190,15 @@ def test_router_scores_are_max_cosine_per_domain(banks2, minilm):
 
 def test_margin_rule_falls_back_to_general(banks2, minilm):
     q = ["What is the BET surface area of Quzan-12?"]
-    plain = Router.from_dir(banks2, minilm).route_batch(q)[0]
+    plain = Router.from_pretrained(banks2, minilm).route_batch(q)[0]
     gap = plain.scores["materials"] - plain.scores["general"]
-    assert Router.from_dir(banks2, minilm, margin=gap / 2).route_batch(q)[0].route == "materials"
-    fell = Router.from_dir(banks2, minilm, margin=gap + 0.01).route_batch(q)[0]
+    assert Router.from_pretrained(banks2, minilm, margin=gap / 2).route_batch(q)[0].route == "materials"
+    fell = Router.from_pretrained(banks2, minilm, margin=gap + 0.01).route_batch(q)[0]
     assert fell.route == "general" and fell.fallback and fell.score == plain.scores["general"]
 
 
 def test_long_query_is_truncated_and_said_so(banks2, minilm):
-    router = Router.from_dir(banks2, minilm)
+    router = Router.from_pretrained(banks2, minilm)
     long_q = "What is the Faradaic efficiency of " + " and ".join(["Ferovia-7"] * 120) + "?"
     d = router.route_batch([long_q, "Who wrote the novel Palmo?"])
     assert d[0].truncated_from is not None and d[0].truncated_from > 256
@@ -215,11 +215,11 @@ def test_add_domain_keeps_other_banks_and_accuracy(banks2, banks3, world, minilm
     for f in ("general.safetensors", "general.json", "materials.safetensors", "materials.json"):
         assert after_digest[f] == digest[f]  # untouched, byte for byte
     assert read_index(banks3)["created"] == read_index(banks2)["created"]
-    router3 = Router.from_dir(banks3, minilm)
+    router3 = Router.from_pretrained(banks3, minilm)
     assert router3.domains == ["general", "materials", "adjuvant"]
     data = read_labelled(world / "mixed_domain" / "online" / "mixed.jsonl")
     first_two = [d for d in data if d.label != "adjuvant"]
-    before = evaluate(Router.from_dir(banks2, minilm), first_two, n_latency=0, progress=False)
+    before = evaluate(Router.from_pretrained(banks2, minilm), first_two, n_latency=0, progress=False)
     full = evaluate(router3, data, n_latency=0, progress=False)
     after = np.mean([r == d.label for d, r in zip(data, full.routes) if d.label != "adjuvant"])
     assert before.accuracy >= 0.95
@@ -247,7 +247,7 @@ def test_remove_domain(banks3, minilm, tmp_path):
     assert remove_domain(banks, "adjuvant") == ["general", "materials"]
     after = dir_digest(banks)
     assert "adjuvant.safetensors" not in after and all(after[f] == h for f, h in keep.items())
-    assert Router.from_dir(banks, minilm).domains == ["general", "materials"]
+    assert Router.from_pretrained(banks, minilm).domains == ["general", "materials"]
     remove_domain(banks, "materials")
     with pytest.raises(UserError, match="only domain"):
         remove_domain(banks, "general")
@@ -257,9 +257,9 @@ def test_bank_from_another_encoder_is_refused(world, tiny_model_dir, minilm, tmp
     banks = tmp_path / "tiny"
     tiny = load_encoder(EncoderConfig(kind="hf-mean", path=str(tiny_model_dir)))
     build_banks(offline(world, "general"), banks, CFG.model_copy(update={"k": 4}), tiny, progress=False)
-    assert Router.from_dir(banks).encoder.id == tiny.id  # reloads its own encoder from banks.json
+    assert Router.from_pretrained(banks).encoder.id == tiny.id  # reloads its own encoder from banks.json
     with pytest.raises(UserError, match="built with encoder"):
-        Router.from_dir(banks, minilm)
+        Router.from_pretrained(banks, minilm)
     with pytest.raises(UserError, match="built with encoder"):
         add_domain(banks, "materials", offline(world, "materials")[0][1], CFG, minilm, progress=False)
 
@@ -296,7 +296,7 @@ def test_damaged_banks_dir_is_a_user_error(banks2, minilm, tmp_path, damage):
         meta = json.loads((d / "materials.json").read_text())
         (d / "materials.json").write_text(json.dumps({**meta, "k": 31}))
     with pytest.raises(UserError, match="banks dir|rebuild"):
-        Router.from_dir(d, minilm)
+        Router.from_pretrained(d, minilm)
 
 
 def test_bank_records_a_checksum_of_its_prototypes(banks2):
@@ -345,17 +345,17 @@ def test_calibrated_thresholds_are_recorded_and_applied(banks3, world, minilm, t
     d = tmp_path / "b"
     shutil.copytree(banks3, d)
     data = read_labelled(world / "mixed_domain" / "online" / "mixed.jsonl")
-    rep = calibrate(Router.from_dir(d, minilm, abstain=False), [r.question for r in data], [r.label for r in data])
+    rep = calibrate(Router.from_pretrained(d, minilm, abstain=False), [r.question for r in data], [r.label for r in data])
     assert set(rep["thresholds"]) == {"materials", "adjuvant"} and rep["split"]["test"] > 0
     write_thresholds(d, rep["thresholds"], rep)
     assert json.loads((d / "calibration.json").read_text())["thresholds"] == rep["thresholds"]
-    router = Router.from_dir(d, minilm)
+    router = Router.from_pretrained(d, minilm)
     assert router.thresholds == pytest.approx(rep["thresholds"])
     assert router.status()["domains"]["materials"]["threshold_source"] == "calibrated"
-    assert Router.from_dir(d, minilm, abstain=False).thresholds == {}
+    assert Router.from_pretrained(d, minilm, abstain=False).thresholds == {}
     # a question far from every specialist goes to general; with abstention off it does not
     q = "Xylophone quantum marmalade?"
-    dec, off = router.route(q), Router.from_dir(d, minilm, abstain=False).route(q)
+    dec, off = router.route(q), Router.from_pretrained(d, minilm, abstain=False).route(q)
     best = max(("materials", "adjuvant"), key=lambda k: dec.scores[k])
     if dec.scores[best] < router.thresholds[best] and off.route != "general":
         assert dec.route == "general" and dec.fallback and dec.threshold == router.thresholds[best]
@@ -366,7 +366,7 @@ def test_calibrated_thresholds_are_recorded_and_applied(banks3, world, minilm, t
     # a bank added without calibration gets the median of the calibrated ones
     remove_domain(d, "adjuvant")
     add_domain(d, "adjuvant", offline(world, "adjuvant")[0][1], CFG, minilm, progress=False)
-    r2 = Router.from_dir(d, minilm)
+    r2 = Router.from_pretrained(d, minilm)
     assert r2.threshold_source == {"materials": "calibrated", "adjuvant": "default"}
     assert r2.thresholds["adjuvant"] == pytest.approx(rep["thresholds"]["materials"])
 
@@ -376,7 +376,7 @@ def test_calibrated_thresholds_are_recorded_and_applied(banks3, world, minilm, t
 
 def test_evaluate_rows_confusion_and_files(banks2, world, minilm, tmp_path):
     data = read_labelled(world / "mixed_domain" / "online" / "mixed.jsonl")
-    res = evaluate(Router.from_dir(banks2, minilm), data, n_latency=5, progress=False)
+    res = evaluate(Router.from_pretrained(banks2, minilm), data, n_latency=5, progress=False)
     # adjuvant has no bank: its 30 questions are errors, the others (60) should be right
     assert res.confusion.sum() == 90 and res.labels == ["general", "materials", "adjuvant"]
     assert res.confusion[2, 2] == 0 and res.per_domain["adjuvant"] == (0.0, 30)
@@ -413,7 +413,7 @@ def test_plug_and_play_and_bench(tmp_path, minilm):
     assert pp["initial_domains"] == ["general", "materials"] and pp["added_domains"] == ["adjuvant"]
     assert pp["n_initial_questions"] == 20 and pp["drop_points"] <= 0.5
     assert pp["accuracy_all_after_add"] >= 0.9
-    res = bench_routing(Router.from_dir(tmp_path / "b", minilm), [d.question for d in data], n=40,
+    res = bench_routing(Router.from_pretrained(tmp_path / "b", minilm), [d.question for d in data], n=40,
                         repeats=1, n_latency=3)
     assert res["n_queries"] == 40 and res["n_domains"] == 3 and res["n_prototypes"] == 24
     assert res["queries_per_s"] > 0 and 0 <= res["share_outside_encoder"] < 0.5

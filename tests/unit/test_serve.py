@@ -396,7 +396,7 @@ def _calibrated_banks(world, dest):
 
     shutil.copytree(world["banks"], dest)
     qs = {d: questions(d, 30, seed=11) for d in ("general", "materials", "adjuvant")}
-    router = Router.from_dir(dest, abstain=False)
+    router = Router.from_pretrained(dest, abstain=False)
     rep = calibrate(router, [q for d in qs for q in qs[d]], [d for d in qs for _ in qs[d]])
     write_thresholds(dest, rep["thresholds"], rep)
     return rep

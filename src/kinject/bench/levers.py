@@ -33,7 +33,7 @@ from kinject.eval.metrics import exact_match
 def _pipe(setup, cfg, cache_size: int, batch_size: int = 16):
     from kinject.gag.pipeline import GagPipeline
 
-    return GagPipeline(setup.expert, setup.base, setup.injector, setup.system, "", cfg.max_background_tokens,
+    return GagPipeline.from_pretrained(setup.expert, setup.base, setup.injector, setup.system, "", cfg.max_background_tokens,
                        "cpu", "float32", batch_size, cache_size=cache_size)
 
 

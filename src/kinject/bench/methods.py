@@ -32,7 +32,7 @@ class Ctx:
 
         self.cfg, self.setup = cfg, setup
         # cache off: every question pays for its background (the cache is a lever, timed apart)
-        self.pipe = GagPipeline(setup.expert, setup.base, setup.injector, setup.system, "",
+        self.pipe = GagPipeline.from_pretrained(setup.expert, setup.base, setup.injector, setup.system, "",
                                 cfg.max_background_tokens, "cpu", "float32", cfg.batch_size, cache_size=0)
         self.base, self.tok = self.pipe.base.model, self.pipe.base.tokenizer
         self.expert, self.etok = self.pipe.expert, self.pipe.expert_tok

@@ -58,7 +58,7 @@ def answer_cmd(
     if not questions:
         raise UserError("gag answer: give at least one question")
     cfg = load_config(config, [*(override or []), *overrides], expect=GagAnswerConfig)
-    pipe = GagPipeline(cfg.expert, cfg.base, cfg.injector, cfg.system, cfg.instruction, cfg.max_background_tokens,
+    pipe = GagPipeline.from_pretrained(cfg.expert, cfg.base, cfg.injector, cfg.system, cfg.instruction, cfg.max_background_tokens,
                        cfg.device, cfg.dtype, cfg.batch_size, memory=cfg.memory)
     for a in pipe.answer(questions, max_new_tokens=cfg.max_new_tokens):
         if json_out:

@@ -69,7 +69,7 @@ class GagMethod:
         from kinject.gag.pipeline import GagPipeline
 
         _check("gag", options, need_injector=True)
-        self.pipes = {name: GagPipeline(str(d.expert), str(options.base), str(d.injector), d.system,
+        self.pipes = {name: GagPipeline.from_pretrained(str(d.expert), str(options.base), str(d.injector), d.system,
                                         options.instruction, d.max_background_tokens, ctx.device, ctx.dtype,
                                         ctx.batch_size, memory=d.memory and str(d.memory))
                       for name, d in options.domains.items()}

@@ -81,39 +81,68 @@ def background_spec(injector: InjectorConfig | None, where: str, system: str | N
     return resolve_background(recorded, system, max_background_tokens)
 
 
+def check_injector(injector: Injector, expert_model, base: InjectedBase, where: str) -> None:
+    """The one compatibility check of an expert, a base and an injector: the expert's width,
+    layers and fingerprint are the ones the injector was trained on, the base is its base, and
+    the base prompt has its slots and answer-format line."""
+    from kinject.memory.layers import check_layer_keys
+    from kinject.runs import fingerprints_conflict, model_fingerprint
+
+    ecfg = expert_model.config
+    if ecfg.hidden_size != injector.config.expert_hidden:
+        raise UserError(f"expert hidden size {ecfg.hidden_size} vs {injector.config.expert_hidden} (injector {where})")
+    check_layer_keys(injector.config.layers, ecfg.num_hidden_layers)
+    want, have = injector.config.expert_fingerprint, model_fingerprint(expert_model)
+    if fingerprints_conflict(have, want):
+        raise UserError(f"the expert is not the one whose memories trained injector {where}: fingerprint "
+                        f"{have!r} (expert) vs {want!r} (injector)")
+    if injector.config.slots != base.num_slots:
+        raise UserError(f"injector {where} has {injector.config.slots} slots, the base prompt {base.num_slots}")
+    injector.check_base(base.identity(), "the base")
+    if injector.config.answer_format != base.answer_format:
+        raise UserError(f"injector {where} was trained with answer_format {injector.config.answer_format!r}, "
+                        f"the base prompt has {base.answer_format!r}")
+
+
 class GagPipeline:
-    """`system` and `max_background_tokens` (None: unset) restate the injector's recorded background
-    spec or are refused; `memory` names the store it was trained on (its spec is checked against
-    the injector's, and used for an injector that records none)."""
+    """The GAG answerer: an expert writes a background per question, its states become slots, the
+    injector carries them into the frozen base.
 
-    def __init__(self, expert: str, base: str, injector: str, system: str | None = None, instruction: str = "",
-                 max_background_tokens: int | None = None, device: str = "auto", dtype: str = "auto",
-                 batch_size: int = 16, cache_size: int = 256, memory: str | None = None):
-        from kinject.memory.layers import check_layer_keys
-        from kinject.models import load_causal_lm
+    The constructor takes loaded objects (a mixed deployment shares one base between domains);
+    `GagPipeline.from_pretrained(expert, base, injector)` loads them from directories. `system` and
+    `max_background_tokens` (None: unset) restate the injector's recorded background spec or are
+    refused; `memory` names the store it was trained on (its spec is checked against the
+    injector's, and used for an injector that records none)."""
 
-        self.injector = Injector.load(injector)
-        self.background = background_spec(self.injector.config, injector, system, max_background_tokens, memory)
-        self.expert, self.expert_tok = load_causal_lm(expert, device=device, dtype=dtype)
-        ecfg = self.expert.config
-        if ecfg.hidden_size != self.injector.config.expert_hidden:
-            raise UserError(f"expert hidden size {ecfg.hidden_size} ({expert}) vs "
-                            f"{self.injector.config.expert_hidden} (injector {injector})")
-        check_layer_keys(self.injector.config.layers, ecfg.num_hidden_layers)
-        from kinject.runs import fingerprints_conflict, model_fingerprint
+    def __init__(self, expert_model, expert_tokenizer, base: InjectedBase, injector: Injector,
+                 system: str | None = None, max_background_tokens: int | None = None, batch_size: int = 16,
+                 cache_size: int = 256, memory: str | None = None, where: str = "(loaded)"):
+        from kinject.runs import model_fingerprint
 
-        want = self.injector.config.expert_fingerprint
-        self.expert_fingerprint = model_fingerprint(self.expert)
-        if fingerprints_conflict(self.expert_fingerprint, want):
-            raise UserError(f"expert {expert} is not the one whose memories trained the injector: fingerprint "
-                            f"{self.expert_fingerprint!r} (expert) vs {want!r} (injector {injector})")
-        self.base = InjectedBase.load(base, self.injector.config.slots, device, dtype, instruction,
-                                      answer_format=self.injector.config.answer_format)
-        self.injector.check_base(self.base.identity(), f"base {base}")
-        self.injector.to(self.base.device).eval()
+        check_injector(injector, expert_model, base, where)
+        self.background = background_spec(injector.config, where, system, max_background_tokens, memory)
+        self.injector = injector.to(base.device).eval()
+        self.expert, self.expert_tok = expert_model, expert_tokenizer
+        self.expert_fingerprint = model_fingerprint(expert_model)
+        self.base = base
         self.batch_size = batch_size
         # memories per question (0 disables); each entry holds the trace's states [L, T, d] in fp32
         self.cache = MemoryCache(cache_size)
+
+    @classmethod
+    def from_pretrained(cls, expert: str, base: str, injector: str, system: str | None = None, instruction: str = "",
+                        max_background_tokens: int | None = None, device: str = "auto", dtype: str = "auto",
+                        batch_size: int = 16, cache_size: int = 256, memory: str | None = None) -> GagPipeline:
+        """Load the expert, the base (its GAG prompt with `instruction`) and the injector from
+        their directories."""
+        from kinject.models import load_causal_lm
+
+        inj = Injector.load(injector)
+        expert_model, expert_tok = load_causal_lm(expert, device=device, dtype=dtype)
+        injected = InjectedBase.load(base, inj.config.slots, device, dtype, instruction,
+                                     answer_format=inj.config.answer_format)
+        return cls(expert_model, expert_tok, injected, inj, system, max_background_tokens, batch_size, cache_size,
+                   memory, where=str(injector))
 
     def _key(self, question: str) -> tuple:
         return (question, self.expert_fingerprint, self.background)

@@ -173,7 +173,7 @@ def calibrate_cmd(
     require_file(data, "--data file")
     cfg, _ = _config(config, None, device=device, overrides=overrides)
     rows = read_labelled(data)
-    router = Router.from_dir(banks, _router_encoder(banks, cfg, False), abstain=False)
+    router = Router.from_pretrained(banks, _router_encoder(banks, cfg, False), abstain=False)
     report = calibrate(router, [r.question for r in rows], [r.label for r in rows], fraction, seed)
     report["data"] = str(data)
     write_thresholds(banks, report["thresholds"], report)
@@ -207,7 +207,7 @@ def route(
     if not question:
         raise UserError("ppr route: give at least one question")
     cfg, given = _config(config, encoder, device=device, margin=margin, overrides=overrides)
-    router = Router.from_dir(banks, _router_encoder(banks, cfg, given), margin=cfg.margin, abstain=not no_abstain)
+    router = Router.from_pretrained(banks, _router_encoder(banks, cfg, given), margin=cfg.margin, abstain=not no_abstain)
     decisions = router.route_batch(question)
     for q, d in zip(question, decisions):
         if d.truncated_from is not None:
@@ -244,7 +244,7 @@ def eval_cmd(
     require_file(data, "--data file")
     cfg, given = _config(config, encoder, batch_size=batch_size, device=device, margin=margin, overrides=overrides)
     rows = read_labelled(data, only)
-    router = Router.from_dir(banks, _router_encoder(banks, cfg, given), margin=cfg.margin, abstain=not no_abstain)
+    router = Router.from_pretrained(banks, _router_encoder(banks, cfg, given), margin=cfg.margin, abstain=not no_abstain)
     unknown = sorted({r.label for r in rows} - set(router.domains) - {"general"})
     if unknown:
         _note(f"labels with no bank in {banks}: {', '.join(unknown)} (their questions count as errors)")
@@ -298,7 +298,7 @@ def bench_ppr(
     questions = [r["question"] for r in iter_jsonl(data, required=["question"])]
     if not questions:
         raise UserError(f"{data}: no questions")
-    router = Router.from_dir(banks, _router_encoder(banks, cfg, given), margin=cfg.margin)
+    router = Router.from_pretrained(banks, _router_encoder(banks, cfg, given), margin=cfg.margin)
     res = bench_routing(router, questions, n=n, repeats=repeats)
     res.update({"banks": str(banks), "data": str(data)})
     write_json_atomic(out / "bench.json", res)

@@ -47,11 +47,11 @@ def ppr_stage(ctx: DemoContext, out: Path) -> None:
             with rec.timer("build_banks"):
                 build_banks(files, tmp / "banks", cfg, memo)
             with rec.timer("calibrate"):
-                report = calibrate(Router.from_dir(tmp / "banks", memo, abstain=False),
+                report = calibrate(Router.from_pretrained(tmp / "banks", memo, abstain=False),
                                    [d.question for d in data], [d.label for d in data], **calib)
                 report["data"] = str(online)
                 write_thresholds(tmp / "banks", report["thresholds"], report)
-            router = Router.from_dir(tmp / "banks", encoder)
+            router = Router.from_pretrained(tmp / "banks", encoder)
             with rec.timer("evaluate"):
                 res = evaluate(router, data, n_latency=64)
                 (tmp / "eval").mkdir()

@@ -194,10 +194,10 @@ def plug_and_play(domains: list[tuple[str, Path]], data: list[LabelledQuestion],
     if not subset or not rest:
         raise UserError(f"plug-and-play needs questions of {sorted(names)} and at least {n_initial + 1} domains")
     build_banks(first, banks_dir, cfg, encoder, progress=progress)
-    before = evaluate(Router.from_dir(banks_dir, encoder), subset, n_latency=0, progress=progress)
+    before = evaluate(Router.from_pretrained(banks_dir, encoder), subset, n_latency=0, progress=progress)
     for name, path in rest:
         add_domain(banks_dir, name, path, cfg, encoder, progress=progress)
-    router = Router.from_dir(banks_dir, encoder)
+    router = Router.from_pretrained(banks_dir, encoder)
     after = evaluate(router, subset, n_latency=0, progress=progress)
     full = evaluate(router, data, n_latency=0, progress=progress)
     return {

@@ -78,7 +78,7 @@ class Router:
         self.thresholds, self.threshold_source = thresholds_of(self.banks) if self.abstain else ({}, {})
 
     @classmethod
-    def from_dir(cls, banks_dir: str | Path, encoder: EncoderConfig | Encoder | None = None,
+    def from_pretrained(cls, banks_dir: str | Path, encoder: EncoderConfig | Encoder | None = None,
                  margin: float | None = None, abstain: bool = True) -> Router:
         """Load a banks dir with its own encoder (or the given one, which must match)."""
         d = Path(banks_dir)

@@ -107,7 +107,7 @@ class ServedModels:
         check_paths(p, cfg.missing_hint, prefix="pipeline.", domains=not isolate)
         if cfg.rag is not None and not Path(cfg.rag.index).exists():
             raise UserError(f"rag.index: {cfg.rag.index} does not exist{cfg.missing_hint}")
-        self.pipeline = MixedPipeline.from_options(p, hint=cfg.missing_hint, isolate=isolate)
+        self.pipeline = MixedPipeline.from_config(p, hint=cfg.missing_hint, isolate=isolate)
         self.configured = set(p.domains)
         models = self.pipeline.models
         routes = self.pipeline.routes

@@ -18,4 +18,4 @@ def make_mixed(options: MixedOptions, ctx: MethodContext) -> MixedPipeline:
     defaults = {"device": ctx.device, "dtype": ctx.dtype, "batch_size": ctx.batch_size,
                 "max_new_tokens": ctx.max_new_tokens, "answer_format": ctx.answer_format}
     opts = options.model_copy(update={k: v for k, v in defaults.items() if k not in given})
-    return MixedPipeline.from_options(opts, strict=True)
+    return MixedPipeline.from_config(opts, strict=True)
