@@ -64,19 +64,27 @@ class RagMethod:
         return out  # type: ignore[return-value]
 
     def _answer(self, retriever, batch: list[dict]) -> list[dict]:
-        from kinject.eval.methods.closed_book import closed_book_tokens
-        from kinject.retrieval.rag import rag_answer
+        return answer_from_passages(self, retriever, [row["question"] for row in batch], self.options.k,
+                                    n_retrievals=1)
 
-        qs = [row["question"] for row in batch]
-        o = self.options
-        outs = rag_answer(self.model, self.tokenizer, retriever, qs, o.k, self.max_new_tokens,
-                          self.batch_size, o.instruction, style=o.passage_format,
-                          answer_format=self.answer_format)
-        closed = closed_book_tokens(self.tokenizer, qs, self.answer_format)
-        return [{"prediction": out.answer,
-                 "trace": {"hits": [h.id for h in out.hits], "n_retrievals": 1, "prompt_tokens": out.n_prompt_tokens,
-                           "new_tokens": out.n_new_tokens, "added_prompt_tokens": out.n_prompt_tokens - c}}
-                for out, c in zip(outs, closed, strict=True)]
+
+def answer_from_passages(method, retriever, questions: list[str], k: int, hits=None, n_retrievals: int = 1) -> list[dict]:
+    """The base's answers from passages in its knowledge prompt (`retriever`'s top k, or the given
+    `hits`), with the trace every retrieval-side method reports: added tokens are counted over the
+    closed-book prompt of the same question."""
+    from kinject.eval.methods.closed_book import closed_book_tokens
+    from kinject.retrieval.rag import rag_answer
+
+    o = method.options
+    outs = rag_answer(method.model, method.tokenizer, retriever, questions, k, method.max_new_tokens,
+                      method.batch_size, o.instruction, hits=hits, style=o.passage_format,
+                      answer_format=method.answer_format)
+    closed = closed_book_tokens(method.tokenizer, questions, method.answer_format)
+    return [{"prediction": out.answer,
+             "trace": {"hits": [h.id for h in out.hits], "n_retrievals": n_retrievals,
+                       "prompt_tokens": out.n_prompt_tokens, "new_tokens": out.n_new_tokens,
+                       "added_prompt_tokens": out.n_prompt_tokens - c}}
+            for out, c in zip(outs, closed, strict=True)]
 
 
 @register_method("rag_k{k}", options=RagOptions)
@@ -126,20 +134,9 @@ class OracleMethod:
         return [self.passages[str(p)] for p in pids]
 
     def answer(self, batch: list[dict]) -> list[dict]:
-        from kinject.eval.methods.closed_book import closed_book_tokens
-        from kinject.retrieval.rag import rag_answer
-
-        qs = [row["question"] for row in batch]
         hits = [self.gold_hits(row) for row in batch]
-        o = self.options
-        outs = rag_answer(self.model, self.tokenizer, None, qs, max(map(len, hits)), self.max_new_tokens,
-                          self.batch_size, o.instruction, hits=hits, style=o.passage_format,
-                          answer_format=self.answer_format)
-        closed = closed_book_tokens(self.tokenizer, qs, self.answer_format)
-        return [{"prediction": out.answer,
-                 "trace": {"hits": [h.id for h in out.hits], "n_retrievals": 0, "prompt_tokens": out.n_prompt_tokens,
-                           "new_tokens": out.n_new_tokens, "added_prompt_tokens": out.n_prompt_tokens - c}}
-                for out, c in zip(outs, closed, strict=True)]
+        return answer_from_passages(self, None, [row["question"] for row in batch], max(map(len, hits)), hits,
+                                    n_retrievals=0)
 
 
 @register_method("oracle", options=OracleOptions)
