@@ -44,26 +44,59 @@ _EXPORTS: dict[str, str] = {
     # the mixed-domain pipeline (PPR -> base / GAG per domain, optionally GRIP)
     "MixedPipeline": "kinject.mixed",
     "MixedOptions": "kinject.mixed",
+    # the training stages: a config and the function or trainer that runs it
+    "DaptConfig": "kinject.expert.config",
+    "run_dapt": "kinject.expert.dapt",
+    "SftConfig": "kinject.expert.config",
+    "run_sft": "kinject.expert.sft",
+    "MemoryBuildConfig": "kinject.memory.config",
+    "build_memory": "kinject.memory.build",
+    "Stage3Config": "kinject.gag.config",
+    "Stage3Trainer": "kinject.gag.trainer",
+    "LoraBaselineConfig": "kinject.baselines.config",
+    "run_lora": "kinject.baselines.lora",
+    "GripSynthConfig": "kinject.grip.config",
+    "synthesize": "kinject.grip.synth",
+    "GripSftConfig": "kinject.grip.config",
+    "train_sft": "kinject.grip.sft",
+    "GripRLConfig": "kinject.grip.rl_config",
+    "run_grip_rl": "kinject.grip.rl_train",
     # evaluation
     "EvalConfig": "kinject.eval.config",
     "run_eval": "kinject.eval.harness",
 }
 
 __all__ = [
-    "AgentSettings", "EvalConfig", "GagPipeline", "GripAgent", "InjectedBase", "Injector", "MixedOptions",
-    "MixedPipeline", "PPRConfig", "Router", "UserError", "build_banks", "build_index", "load_causal_lm",
-    "load_config", "open_index", "run_eval",
+    "AgentSettings", "DaptConfig", "EvalConfig", "GagPipeline", "GripAgent", "GripRLConfig", "GripSftConfig",
+    "GripSynthConfig", "InjectedBase", "Injector", "LoraBaselineConfig", "MemoryBuildConfig", "MixedOptions",
+    "MixedPipeline", "PPRConfig", "Router", "SftConfig", "Stage3Config", "Stage3Trainer", "UserError", "build_banks",
+    "build_index", "build_memory", "load_causal_lm", "load_config", "open_index", "run_dapt", "run_eval",
+    "run_grip_rl", "run_lora", "run_sft", "synthesize", "train_sft",
 ]
 
 if TYPE_CHECKING:  # static tools see the real objects; at run time they load on first access
+    from kinject.baselines.config import LoraBaselineConfig
+    from kinject.baselines.lora import run_lora
     from kinject.config import load_config
     from kinject.errors import UserError
     from kinject.eval.config import EvalConfig
     from kinject.eval.harness import run_eval
+    from kinject.expert.config import DaptConfig, SftConfig
+    from kinject.expert.dapt import run_dapt
+    from kinject.expert.sft import run_sft
     from kinject.gag.base import InjectedBase
+    from kinject.gag.config import Stage3Config
     from kinject.gag.injector import Injector
     from kinject.gag.pipeline import GagPipeline
+    from kinject.gag.trainer import Stage3Trainer
     from kinject.grip.agent import AgentSettings, GripAgent
+    from kinject.grip.config import GripSftConfig, GripSynthConfig
+    from kinject.grip.rl_config import GripRLConfig
+    from kinject.grip.rl_train import run_grip_rl
+    from kinject.grip.sft import train_sft
+    from kinject.grip.synth import synthesize
+    from kinject.memory.build import build_memory
+    from kinject.memory.config import MemoryBuildConfig
     from kinject.mixed import MixedOptions, MixedPipeline
     from kinject.models import load_causal_lm
     from kinject.ppr.banks import build_banks
