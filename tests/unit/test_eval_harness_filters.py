@@ -180,3 +180,25 @@ def test_bad_method_options_are_one_line(tmp_path, tiny_model_dir):
                           "--out", str(tmp_path / "out")], capture_output=True, text=True)
     errors = [x for x in res.stderr.splitlines() if x.startswith("error:")]
     assert res.returncode == 2 and len(errors) == 1 and want in errors[0], res.stderr[-800:]
+
+
+def test_sample_draws_a_seeded_subset_in_file_order(tmp_path):
+    """`sample: N` takes N questions at random (the config's seed), in file order: a file sorted
+    by type still gives every type; the same seed gives the same questions."""
+    rows = [{"id": f"q{i}", "question": f"Question {i}?", "answer": ["a"], "type": "bridge" if i < 20 else "comparison"}
+            for i in range(40)]
+    write_jsonl(tmp_path / "qs.jsonl", rows)
+    cfg = {"kind": "eval", "data_root": str(tmp_path), "device": "cpu", "metrics": ["em"], "plots": False,
+           "datasets": [{"name": "s", "path": "qs.jsonl", "sample": 10, "by": "type"}],
+           "methods": [{"name": "lookup_k1"}]}
+    got = run_eval(EvalConfig.model_validate(cfg), tmp_path / "out", quiet=True)
+    ids = [json.loads(x)["id"] for x in (tmp_path / "out/predictions/lookup_k1__s.jsonl").read_text().splitlines()]
+    assert len(ids) == 10 and ids == sorted(ids, key=lambda x: int(x[1:]))  # file order
+    assert {r.dataset for r in got} >= {"s/bridge", "s/comparison"}
+
+    def drawn(seed: int) -> list[str]:
+        run_eval(EvalConfig.model_validate({**cfg, "seed": seed}), tmp_path / f"out{seed}", quiet=True)
+        lines = (tmp_path / f"out{seed}/predictions/lookup_k1__s.jsonl").read_text().splitlines()
+        return [json.loads(x)["id"] for x in lines]
+
+    assert drawn(0) == ids and drawn(1) != ids

@@ -26,6 +26,9 @@ class DatasetEntry(StrictModel):
     # real QA sets' bridge / comparison...), from the same answers
     by: str | None = None
     limit: int | None = None  # first N questions (after `where`)
+    # N questions drawn at random (seeded by the config's seed; file order kept), after `where`:
+    # for files sorted by type, where the first N would all be of one type
+    sample: int | None = Field(None, ge=1)
     metrics: list[str] | None = None  # overrides the config's metrics for this dataset
     # files to look missing answers up in by question text (mixed_domain/online has none);
     # relative paths resolve under data_root

@@ -64,8 +64,13 @@ def prepare_datasets(cfg: EvalConfig, source: str) -> list[Prepared]:
         for f in extra:
             if not f.is_file():
                 raise UserError(f"{source}: dataset {d.name!r}: answers_from file not found: {f}")
-        out.append(Prepared(d.name, d.split, load_questions(path, d.where or None, limit, extra), metrics, path,
-                            extra, d.by))
+        questions = load_questions(path, d.where or None, None if d.sample else limit, extra)
+        if d.sample and d.sample < len(questions):
+            import random
+
+            keep = sorted(random.Random(f"{cfg.seed}:{d.name}").sample(range(len(questions)), d.sample))
+            questions = [questions[i] for i in keep][:limit]
+        out.append(Prepared(d.name, d.split, questions, metrics, path, extra, d.by))
     if not out:
         raise UserError(f"{source}: no datasets configured")
     return out
