@@ -31,3 +31,21 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     model = make_tiny_model(TinySpec(vocab=600, hidden=64, layers=2, heads=4), tokenizer=tiny_tokenizer)
     save_model(model, tiny_tokenizer, out)
     return out
+
+
+@pytest.fixture
+def kinject_logs():
+    """The log records kinject emits during a test (INFO and up). Attached to the `kinject`
+    logger itself: an in-process `kinject` command may have stopped propagation to the root."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    catch = logging.Handler(logging.INFO)
+    catch.emit = records.append  # type: ignore[method-assign]
+    log = logging.getLogger("kinject")
+    level = log.level
+    log.addHandler(catch)
+    log.setLevel(logging.INFO)
+    yield records
+    log.removeHandler(catch)
+    log.setLevel(level)

@@ -1,6 +1,5 @@
 """The injected base: <GAG> handling, training encoding, in-place injection, batched generation."""
 
-import logging
 
 import pytest
 import torch
@@ -36,27 +35,17 @@ def tokenizer_without_gag():
     return tok
 
 
-def test_gag_token_added_with_resize_and_said():
+def test_gag_token_added_with_resize_and_said(kinject_logs):
     from kinject.models import TinySpec, make_tiny_model
 
     tok = tokenizer_without_gag()
     assert GAG_TOKEN not in tok.get_vocab()
     model = make_tiny_model(TinySpec(vocab=len(tok), hidden=32, layers=1, heads=2), tokenizer=tok)
     rows = model.get_input_embeddings().weight.shape[0]
-    records: list[logging.LogRecord] = []
-    catch = logging.Handler(logging.INFO)
-    catch.emit = records.append
-    log = logging.getLogger("kinject.gag.base")
-    log.addHandler(catch)
-    level, log.level = log.level, logging.INFO
-    try:
-        base = InjectedBase(model, tok, num_slots=2)
-    finally:
-        log.removeHandler(catch)
-        log.setLevel(level)
+    base = InjectedBase(model, tok, num_slots=2)
     assert base.added_gag and base.gag_id == rows and len(tok) == rows + 1
     assert model.get_input_embeddings().weight.shape[0] == rows + 1
-    said = [r.getMessage() for r in records]
+    said = [r.getMessage() for r in kinject_logs if r.name == "kinject.gag.base"]
     assert len(said) == 1 and "added <GAG>" in said[0] and f"{rows} -> {rows + 1}" in said[0]
     ids = tok(base.prompt_text("Who?"), add_special_tokens=False)["input_ids"]
     assert ids.count(base.gag_id) == 2  # one token per placeholder
