@@ -44,8 +44,9 @@ NQ = shipped("data/realqa/nq_oracle")
 CHUNK_WORDS, CHUNK_OVERLAP = 32, 8
 DEV_LIMIT = 120  # questions per private dev set (the harness's and the controls')
 MIXED_PER_SOURCE = 40  # the mixed set: this many materials, adjuvant and NQ questions
-QUICK = {"gag": ["alignment.max_steps=30", "domain.max_steps=10"], "lora": ["train.max_steps=4", "train.eval_steps=2"],
-         "limit": 16}
+# QUICK: the tiny memory stage then stores 4,000 alignment items (kinject.memory.demo_stages.QUICK)
+QUICK = {"gag": ["alignment.max_steps=30", "alignment.limit=4000", "domain.max_steps=10"],
+         "lora": ["train.max_steps=4", "train.eval_steps=2"], "limit": 16}
 
 STAGES: list[Stage] = []
 
