@@ -85,7 +85,7 @@ def test_eval_run_end_to_end(setup, tiny_model_dir, tiny_tokenizer):
     by = {(r.method, r.dataset, r.metric): r for r in rows}
     # metric lists per dataset; wiki filtered to hops == 2
     assert {m for (meth, d, m) in by if meth == "base" and d == "materials"} == {"em", "rouge", "latency_ms_p50",
-                                                                                  "added_prompt_tokens"}
+                                                                                  "added_prompt_tokens", "avg_retrievals"}
     assert by[("base", "wiki_2hop", "em")].n == 3 and by[("base", "materials", "em")].n == 6
     assert by[("base", "materials", "added_prompt_tokens")].value == 0
     assert by[("base", "materials", "latency_ms_p50")].value > 0
@@ -117,7 +117,10 @@ def test_eval_run_end_to_end(setup, tiny_model_dir, tiny_tokenizer):
     rouge_section = report.split("## rouge")[1].split("##")[0]
     assert "| method | materials |" in rouge_section and "| lookup_k3 | 0.167 |" in rouge_section
     assert not (out / "routing_confusion__base__materials.png").exists()  # base does not route
-    for png in ("accuracy.png", "accuracy_vs_tokens.png", "routing_confusion__lookup_k3__materials.png"):
+    assert by[("base", "materials", "avg_retrievals")].value == 0  # closed book: no retrieval
+    assert "![accuracy vs retrievals per question](accuracy_vs_retrievals.png)" in report
+    for png in ("accuracy.png", "accuracy_vs_tokens.png", "accuracy_vs_retrievals.png",
+                "routing_confusion__lookup_k3__materials.png"):
         head = (out / png).read_bytes()[:24]
         assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24])[0] > 100
     manifest = json.loads((out / "manifest.json").read_text())
@@ -176,6 +179,22 @@ def test_one_method_on_disjoint_datasets_with_its_own_options(setup):
     assert by[("lookup_k3", "wiki_2hop", "has_answer")] == pytest.approx(1 / 3)
     assert sorted(p.name for p in (out / "predictions").iterdir()) == ["lookup_k3__materials.jsonl",
                                                                        "lookup_k3__wiki_2hop.jsonl"]
+
+
+def test_labels_put_one_method_twice_on_the_same_datasets(setup):
+    """Two variants of one method (e.g. two training seeds) side by side: one row per label."""
+    cfg_path, out = setup
+    cfg = load_config(cfg_path, ["methods=[{name: lookup_k3, label: lookup_a, datasets: [materials], options: {answers: "
+                                 "{'What is the efficiency of Ferovia-1?': '91.5 %'}}}, {name: lookup_k3, label: lookup_b, "
+                                 "datasets: [materials]}]"], expect=EvalConfig)
+    by = {(r.method, r.dataset, r.metric): r.value for r in run_eval(cfg, out, quiet=True)}
+    assert by[("lookup_a", "materials", "em")] == pytest.approx(1 / 6)
+    assert by[("lookup_b", "materials", "em")] == 0.0
+    assert not any(m == "lookup_k3" for m, _, _ in by)
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == ["lookup_a__materials.jsonl",
+                                                                       "lookup_b__materials.jsonl"]
+    with pytest.raises(UserError, match="label"):
+        load_config(cfg_path, ["methods=[{name: lookup_k3, label: 'a b'}]"], expect=EvalConfig)
 
 
 def test_dataset_without_answers(setup):

@@ -14,6 +14,13 @@ class MethodEntry(StrictModel):
     name: str  # a registered method name, e.g. base, rag_k3, gag
     options: dict[str, Any] = Field(default_factory=dict)  # validated by the method's options model
     datasets: list[str] | None = None  # run only on these datasets (names); None: all of them
+    # the method's row in the report and its prediction files (default: `name`): one method
+    # several times on the same datasets, e.g. two training seeds (grip_s0, grip_s1)
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.+-]+$")
+
+    @property
+    def row(self) -> str:
+        return self.label or self.name
 
 
 class DatasetEntry(StrictModel):

@@ -88,10 +88,10 @@ def check_methods(cfg: EvalConfig, source: str) -> None:
     claimed: dict[tuple[str, str], int] = {}
     for m in cfg.methods:
         for d in set(m.datasets if m.datasets is not None else known):
-            if (m.name, d) in claimed:
-                raise UserError(f"{source}: method {m.name!r} is listed twice for dataset {d!r} (entries of one "
-                                "method need disjoint `datasets` filters)")
-            claimed[(m.name, d)] = 1
+            if (m.row, d) in claimed:
+                raise UserError(f"{source}: method {m.row!r} is listed twice for dataset {d!r} (entries of one "
+                                "method need disjoint `datasets` filters, or a `label` each)")
+            claimed[(m.row, d)] = 1
     for m in cfg.methods:
         bad = [d for d in (m.datasets or []) if d not in known]
         if bad:
@@ -238,29 +238,29 @@ def _run(cfg: EvalConfig, out: Path, source: str, ctx: MethodContext, datasets: 
         disable=quiet,
     ) as progress:
         for entry in cfg.methods:
-            with rec.timer(f"load:{entry.name}"):
+            with rec.timer(f"load:{entry.row}"):
                 method = build_method(entry.name, entry.options, ctx, source)
             for ds in datasets:
                 if entry.datasets is not None and ds.name not in entry.datasets:
                     continue
-                task = progress.add_task(f"{entry.name} on {ds.name}", total=len(ds.questions))
-                with rec.timer(f"answer:{entry.name}:{ds.name}"):
+                task = progress.add_task(f"{entry.row} on {ds.name}", total=len(ds.questions))
+                with rec.timer(f"answer:{entry.row}:{ds.name}"):
                     answers, latency = run_method(method, ds.questions, cfg.batch_size, progress, task)
                 preds = [prediction_text(a["prediction"]) for a in answers]
-                write_jsonl_atomic(tmp / "predictions" / f"{entry.name}__{ds.name}.jsonl", (
+                write_jsonl_atomic(tmp / "predictions" / f"{entry.row}__{ds.name}.jsonl", (
                     {"id": q.id, "question": q.question, "answer": q.answers, "prediction": a["prediction"],
                      "trace": a.get("trace") or {}}
                     for q, a in zip(ds.questions, answers, strict=True)))
-                with rec.timer(f"score:{entry.name}:{ds.name}"):
-                    scored = score_answers(ds.questions, preds, ds.metrics, entry.name, ds.name, ds.split,
+                with rec.timer(f"score:{entry.row}:{ds.name}"):
+                    scored = score_answers(ds.questions, preds, ds.metrics, entry.row, ds.name, ds.split,
                                            cfg.metric_options)
-                rows += scored.rows + efficiency_rows(entry.name, ds, answers, latency)
-                rows += group_rows(entry.name, ds, answers, latency, scored.per_question)
+                rows += scored.rows + efficiency_rows(entry.row, ds, answers, latency)
+                rows += group_rows(entry.row, ds, answers, latency, scored.per_question)
                 routed = routing_pairs(ds, answers)
                 if routed and cfg.plots:
-                    plot_confusion(tmp / f"routing_confusion__{entry.name}__{ds.name}.png",
+                    plot_confusion(tmp / f"routing_confusion__{entry.row}__{ds.name}.png",
                                    routing_report([g for g, _ in routed], [p for _, p in routed]),
-                                   f"{entry.name} on {ds.name}")
+                                   f"{entry.row} on {ds.name}")
             del method
             gc.collect()
         write_results(tmp, rows, append=False)

@@ -103,6 +103,8 @@ def write_report(out: Path, rows: Sequence[ResultRow], title: str = "Evaluation 
     if plots:
         notes = [*notes, "", "## Plots", "", "![accuracy per method and dataset](accuracy.png)", "",
                  "![accuracy vs added tokens](accuracy_vs_tokens.png)", ""]
+        if any(r.metric == "avg_retrievals" for r in rows):
+            notes += ["![accuracy vs retrievals per question](accuracy_vs_retrievals.png)", ""]
         notes += [f"![routing confusion]({p.name})" for p in sorted(out.glob("routing_confusion__*.png"))]
         found = {k: p for k, p in (curves or {}).items() if Path(p).is_file()}
         missing = sorted(set(curves or {}) - set(found))
@@ -211,7 +213,39 @@ def plot_results(out: Path, rows: Sequence[ResultRow], order: Sequence[str] = ()
     ax.set_ylim(0, 1)
     ax.set_title("Accuracy vs added tokens")
     paths.append(_save(fig, out / "accuracy_vs_tokens.png"))
+    if any(r.metric == "avg_retrievals" for r in rows):
+        paths.append(plot_vs_retrievals(out / "accuracy_vs_retrievals.png", rows, datasets))
     return paths
+
+
+def plot_vs_retrievals(path: Path, rows: Sequence[ResultRow], datasets: Sequence[str]) -> Path:
+    """Score against retrievals per question, one panel per top-level dataset (the GRIP paper's
+    figure): a row of panels for the dataset's headline metric, and one for EM when EM is not
+    the headline. Methods that report no retrieval count (GAG, text injection) are left out."""
+    from kinject.plots import subplots
+
+    cell = {(r.method, r.dataset, r.metric): r.value for r in rows}
+    methods = list(dict.fromkeys(r.method for r in rows))
+    tops = [d for d in datasets if "/" not in d] or list(datasets)
+    metrics = list(dict.fromkeys(["headline", *(["em"] if any(r.metric == "em" for r in rows) else [])]))
+    fig, axes = subplots(len(metrics), len(tops), figsize=(3.4 * len(tops) + 1.5, 3.0 * len(metrics)), squeeze=False)
+    for i, which in enumerate(metrics):
+        for j, d in enumerate(tops):
+            metric = primary_metric(rows, d) if which == "headline" else "em"
+            ax = axes[i][j]
+            for m in methods:
+                x, y = cell.get((m, d, "avg_retrievals")), cell.get((m, d, metric))
+                if x is None or y is None:
+                    continue
+                ax.scatter([x], [y])
+                ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            ax.set_title(d, fontsize=9)
+            ax.set_xlabel("retrievals per question")
+            ax.set_ylabel(metric)
+            ax.set_xlim(-0.2, max(2.0, *(v + 0.3 for (_, dd, k), v in cell.items() if dd == d and k == "avg_retrievals")))
+            ax.set_ylim(0, 1)
+    fig.suptitle("Accuracy vs retrievals per question")
+    return _save(fig, path)
 
 
 def plot_confusion(path: Path, report, title: str = "") -> Path:

@@ -32,7 +32,8 @@ class ClosedBook:
         gens = generate_texts(self.model, self.tokenizer, prompts, self.max_new_tokens, self.batch_size)
         return [
             {"prediction": g.text,
-             "trace": {"prompt_tokens": g.n_prompt_tokens, "new_tokens": g.n_new_tokens, "added_prompt_tokens": 0}}
+             "trace": {"prompt_tokens": g.n_prompt_tokens, "new_tokens": g.n_new_tokens, "added_prompt_tokens": 0,
+                       "n_retrievals": 0}}
             for g in gens
         ]
 
