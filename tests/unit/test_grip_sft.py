@@ -106,6 +106,18 @@ def test_bad_sft_rows(tmp_path):
     p.write_text(json.dumps({"question": "q", "target": "t"}) + "\n")
     with pytest.raises(UserError, match=r"sft.jsonl:1: missing field"):
         read_sft_rows(p)
+    with pytest.raises(UserError, match="names no file"):
+        read_sft_rows([])
+
+
+def test_sft_data_is_the_union_of_its_files(tmp_path):
+    files = []
+    for name in ("a", "b"):
+        p = tmp_path / f"{name}.jsonl"
+        p.write_text(json.dumps({"question": name, "intermediary": "", "references": [], "target": "t"}) + "\n")
+        files.append(str(p))
+    assert [r["question"] for r in read_sft_rows(files)] == ["a", "b"]
+    assert [r["question"] for r in read_sft_rows(files[1])] == ["b"]
 
 
 def test_control_embeddings_start_at_their_words(tiny_model_dir):

@@ -14,7 +14,14 @@ from kinject.eval.data import Question, load_questions
 from kinject.grip.data import subset_names
 from kinject.grip.format import final_turn, plan_turn
 from kinject.grip.rewriters import RewriteItem, world_rewrite
-from kinject.grip.synth import Example, build_examples, classify, example_messages, split_rows
+from kinject.grip.synth import (
+    Example,
+    build_examples,
+    classify,
+    example_messages,
+    split_rows,
+    without_eval_questions,
+)
 
 PASSAGES = [
     ("1", "Velmora lies in Norland. Velmora was founded in 1720.", "Velmora"),
@@ -157,6 +164,30 @@ def test_question_file_errors_name_file_and_line(tmp_path):
         load_questions(p)
     p.write_text('{"question": " a? ", "answer": "x"}\n')
     assert load_questions(p)[0].answers == ["x"] and load_questions(p)[0].question == "a?"
+
+
+def test_eval_questions_are_left_out_by_id_else_text(tmp_path):
+    rows = [{"id": f"hq:{i}", "question": f"q{i}?", "answer": ["a"]} for i in range(10)]
+    rows += [{"question": f"plain{i}?", "answer": ["b"], "kind": "plain"} for i in range(4)]
+    data = tmp_path / "dev.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"kind: eval\nseed: 0\nmethods: [{{name: base, options: {{model: m}}}}]\n"
+                   f"datasets:\n  - {{name: hq, path: {data}, where: {{id: {{prefix: 'hq:'}}}}, sample: 4}}\n"
+                   f"  - {{name: plain, path: {data}, where: {{kind: plain}}, limit: 1}}\n")
+    qas = load_questions(data)
+    kept, n = without_eval_questions(qas, [str(cfg)])
+    assert n == 5 and len(kept) == 9
+    # the test set the harness would draw: the same 4 seeded ids, and the first plain question
+    from kinject.config import load_config
+    from kinject.eval.config import EvalConfig
+    from kinject.eval.harness import prepare_datasets
+
+    tested = {q.question for d in prepare_datasets(load_config(cfg, expect=EvalConfig), "t") for q in d.questions}
+    assert len(tested) == 5 and not tested & {q.question for q in kept}
+    assert without_eval_questions(qas, []) == (qas, 0)
+    with pytest.raises(UserError, match="exclude_eval: config not found"):
+        without_eval_questions(qas, [str(tmp_path / "nope.yaml")])
 
 
 def test_subset_names():

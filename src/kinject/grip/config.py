@@ -53,6 +53,10 @@ class GripSynthConfig(StageConfig):
     index: str = Field(description="passage index directory (`kinject index build`)")
     backend: str | None = None
     out: str = "outputs/grip/synth"
+    # eval configs (`kind: eval`) whose datasets hold the test questions: any question of
+    # `questions` that one of their datasets evaluates (same `id`, else same text) is left out,
+    # so a dev file can feed training and a seeded test sample at once without overlap
+    exclude_eval: list[str] = Field(default_factory=list)
     rewriter: RewriterConfig = RewriterConfig()
     top_k: int = Field(3, ge=1)
     max_new_tokens: int = Field(32, ge=1)  # closed-book pass (release: 32 greedy tokens)
@@ -74,7 +78,8 @@ class GripSftConfig(StageConfig):
     renamed = {"lr": "learning_rate", "scheduler": "lr_scheduler", "per_device_batch_size": "batch_size",
                "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout"}
     model: str = Field(description="model to fine-tune (release: the base, not instruct)")
-    data: str = Field(description="sft.jsonl written by `kinject grip synth`")
+    data: str | list[str] = Field(description="sft.jsonl written by `kinject grip synth` (a list: their union, "
+                                              "e.g. one synth run per corpus)")
     out: str = "outputs/grip/sft"
     control_tokens: Literal["special", "text"] = "special"  # single ids (default) or plain text
     # `words`: start the control tokens' embeddings at their words' mean (sft.init_control_embeddings;

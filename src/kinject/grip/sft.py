@@ -104,16 +104,26 @@ def sft_records(rows: list[dict], tok) -> list[dict]:
     return recs
 
 
-def read_sft_rows(path: str | Path, limit: int | None = None) -> list[dict]:
+def data_files(data: str | Path | list[str]) -> list[Path]:
+    return [Path(data)] if isinstance(data, (str, Path)) else [Path(f) for f in data]
+
+
+def read_sft_rows(data: str | Path | list[str], limit: int | None = None) -> list[dict]:
+    """The rows of one sft.jsonl or of several (in the order given)."""
     from kinject.io import read_jsonl
 
-    p = Path(path)
-    rows = read_jsonl(p, required=["question", "intermediary", "references", "target"])
-    for i, r in enumerate(rows, 1):
-        if not isinstance(r["target"], str) or not r["target"].strip():
-            raise UserError(f"{p}: record {i} has an empty 'target'")
-        if not isinstance(r["references"], list):
-            raise UserError(f"{p}: record {i}: 'references' must be a list of passage texts")
+    files = data_files(data)
+    if not files:
+        raise UserError("grip sft: `data` names no file")
+    rows: list[dict] = []
+    for p in files:
+        mine = read_jsonl(p, required=["question", "intermediary", "references", "target"])
+        for i, r in enumerate(mine, 1):
+            if not isinstance(r["target"], str) or not r["target"].strip():
+                raise UserError(f"{p}: record {i} has an empty 'target'")
+            if not isinstance(r["references"], list):
+                raise UserError(f"{p}: record {i}: 'references' must be a list of passage texts")
+        rows += mine
     return rows[:limit] if limit else rows
 
 
@@ -130,7 +140,7 @@ def train_sft(cfg, out: str | Path | None = None) -> Path:
     from kinject.runs import RunRecorder, inputs_hash, is_complete
 
     out = Path(out or cfg.out)
-    h = inputs_hash(cfg, cfg.data, cfg.model)
+    h = inputs_hash(cfg, *data_files(cfg.data), cfg.model)
     if is_complete(out, h):
         log.info(f"grip sft: {out} is complete for these inputs; skipping")
         return out

@@ -155,6 +155,28 @@ def split_rows(rows: list[Example], rl_fraction: float, max_per_class: int | Non
     return sft, rl, counts
 
 
+def without_eval_questions(qas: list[Question], eval_configs: Sequence[str]) -> tuple[list[Question], int]:
+    """`qas` minus every question an eval config's datasets evaluate (matched by `id` when both
+    have one, else by question text), with the number left out. The datasets are prepared as
+    the harness prepares them (`where`, `limit`, seeded `sample`), so this is exactly its test set."""
+    if not eval_configs:
+        return qas, 0
+    from kinject.config import load_config
+    from kinject.eval.config import EvalConfig
+    from kinject.eval.harness import prepare_datasets
+
+    ids: set[str] = set()
+    texts: set[str] = set()
+    for f in eval_configs:
+        if not Path(f).is_file():
+            raise UserError(f"grip synth: exclude_eval: config not found: {f}")
+        for d in prepare_datasets(load_config(f, expect=EvalConfig), f):
+            ids.update(q.id for q in d.questions if q.id)
+            texts.update(q.question for q in d.questions)
+    kept = [q for q in qas if not (q.id in ids if q.id else q.question in texts)]
+    return kept, len(qas) - len(kept)
+
+
 def synthesize(cfg, out: str | Path | None = None) -> dict:
     """Run `kinject grip synth`; returns the manifest metrics (per-class counts...)."""
     import json
@@ -169,9 +191,13 @@ def synthesize(cfg, out: str | Path | None = None) -> dict:
         raise UserError("grip synth: `questions` lists no file")
     files = [Path(f) for f in cfg.questions]
     qas = [qa for f in files for qa in load_questions(f)]
+    qas, n_excluded = without_eval_questions(qas, cfg.exclude_eval)
     if cfg.limit:
         qas = qas[: cfg.limit]
-    h = inputs_hash(cfg, *files, Path(cfg.index) / "kinject-index.json", cfg.model)
+    if not qas:
+        raise UserError("grip synth: no question left to synthesize from"
+                        + (f" ({n_excluded} are evaluated by exclude_eval)" if n_excluded else ""))
+    h = inputs_hash(cfg, *files, *cfg.exclude_eval, Path(cfg.index) / "kinject-index.json", cfg.model)
     if is_complete(out, h):
         return json.loads((out / "manifest.json").read_text())["metrics"]
     import torch
@@ -189,7 +215,7 @@ def synthesize(cfg, out: str | Path | None = None) -> dict:
                                      rewriter, cfg.wrong_as_b)
     sft, rl, counts = split_rows(rows, cfg.rl_fraction, cfg.max_per_class, cfg.seed)
     notes = Counter(f"{r.cls}/{r.note}" for r in rows if r.note)
-    rec.metrics = {"questions": len(qas), "classes": counts, "notes": dict(sorted(notes.items())),
+    rec.metrics = {"questions": len(qas), "excluded_eval_questions": n_excluded, "classes": counts, "notes": dict(sorted(notes.items())),
                    "stats": dict(sorted(stats.items())), "sft_rows": len(sft), "rl_rows": len(rl),
                    "closed_book_em": stats["closed_book_A"] / len(qas)}
     missing = [c for c in CLASSES if counts[c]["total"] == 0]
