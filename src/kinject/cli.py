@@ -129,8 +129,8 @@ def discover_groups(root: typer.Typer) -> None:
             register(root)
 
 
-# Top-level modules that register commands (not packages): kept explicit.
-for _name in ("kinject.demo",):
+# Modules outside `kinject.<pkg>.cli` that register commands: kept explicit.
+for _name in ("kinject.recipes.engine",):
     importlib.import_module(_name).register(app)
 discover_groups(app)
 

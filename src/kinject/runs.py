@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import json
 import platform
+import shutil
 import struct
 import subprocess
 import sys
@@ -186,6 +187,15 @@ def read_manifest(out_dir: str | Path) -> dict | None:
 def is_complete(out_dir: str | Path, expected_hash: str) -> bool:
     m = read_manifest(out_dir)
     return bool(m and m.get("status") == "complete" and m.get("inputs_hash") == expected_hash)
+
+
+def fresh_or_resume(out: Path, expected_hash: str) -> None:
+    """Keep `out` for resuming only if it was started from the same inputs; else remove it."""
+    marker = out.parent / f".{out.name}.inputs"
+    if out.exists() and (not marker.is_file() or marker.read_text() != expected_hash):
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(expected_hash)
 
 
 class RunRecorder:

@@ -13,10 +13,10 @@ def write_jsonl(path, rows):
 
 @pytest.mark.slow
 def test_memory_and_gag_stages_run_then_skip(tmp_path, tiny_model_dir, tiny_tokenizer, monkeypatch):
-    import kinject.gag.demo_stages as gag_demo
-    import kinject.memory.demo_stages as mem_demo
-    from kinject.demo import DemoContext
+    import kinject.recipes.tiny.gag as gag_demo
+    import kinject.recipes.tiny.memory as mem_demo
     from kinject.models import TinySpec, make_tiny_model, save_model
+    from kinject.recipes.engine import DemoContext
 
     world = tmp_path / "world"
     for d in ("materials", "adjuvant"):

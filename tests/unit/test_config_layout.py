@@ -175,7 +175,7 @@ def _stubs(dry: DryRun) -> dict[str, list[tuple[str, str, object]]]:
         "expert": [("kinject.expert.dapt", "run_dapt", _out_of), ("kinject.expert.sft", "run_sft", _out_of),
                    ("kinject.expert.evaluate", "evaluate_files", lambda *a, **k: [])],
         "memory": [("kinject.runs", "is_complete", lambda out, h: True)],  # as if built: the stores' dirs only
-        "gag": [("kinject.gag.demo_stages", "train_and_score", _fake_stage3)],
+        "gag": [("kinject.gag.stage3", "train_and_score", _fake_stage3)],
         "baselines": [("kinject.baselines.lora", "run_lora", _fake_lora)],
         "grip": [("kinject.grip.synth", "synthesize", lambda cfg: {"classes": {}}),
                  ("kinject.grip.sft", "train_sft", _out_of),
@@ -192,7 +192,7 @@ def dry(tmp_path_factory) -> DryRun:
     import importlib
 
     import kinject.config
-    from kinject.demo import DemoContext, discover_stages
+    from kinject.recipes.engine import DemoContext, registered_stages
 
     cwd = tmp_path_factory.mktemp("demo-dry-run")
     run = DryRun(cwd)
@@ -209,7 +209,7 @@ def dry(tmp_path_factory) -> DryRun:
         mp.chdir(cwd)
         mp.setenv("KINJECT_DEMO_WORKERS", "1")  # per-domain jobs in this process
         mp.setattr(kinject.config, "load_config", recording_load)
-        for st in discover_stages():
+        for st in registered_stages():
             run.stage_dirs.append((DEMO_OUT / st.name).as_posix())
             if st.name not in stubs:
                 run.not_dry_run.append((DEMO_OUT / st.name).as_posix())
@@ -290,7 +290,7 @@ class Layout:
 
 @pytest.fixture(scope="module")
 def layout(dry) -> Layout:
-    from kinject.real.preset import MODEL, STAGES
+    from kinject.recipes.smollm2 import MODEL, STAGES
 
     made = set()
     for f in CONFIGS:
@@ -325,10 +325,10 @@ def test_the_check_catches_the_old_layout(layout):
 
 def private_domains() -> list[str]:
     from kinject.config import load_config
+    from kinject.world.build import tiny_world_config
     from kinject.world.config import WorldConfig
-    from kinject.world.demo_stages import TINY_CONFIG
 
-    return list(load_config(TINY_CONFIG, expect=WorldConfig).private_domains)
+    return list(load_config(tiny_world_config(), expect=WorldConfig).private_domains)
 
 
 @pytest.mark.parametrize("domain", private_domains())

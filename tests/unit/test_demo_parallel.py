@@ -1,10 +1,10 @@
-"""`kinject.demo.run_parallel`: per-domain demo work in worker processes, order and errors kept."""
+"""`kinject.recipes.engine.run_parallel`: per-domain demo work in worker processes, order and errors kept."""
 
 from __future__ import annotations
 
 import pytest
 
-from kinject.demo import demo_workers, run_parallel
+from kinject.recipes.engine import demo_workers, run_parallel
 
 
 def test_workers_follow_jobs_cores_and_the_env_override(monkeypatch):
@@ -25,7 +25,7 @@ def test_results_keep_job_order_and_worker_errors_reach_the_caller(monkeypatch, 
 
 
 def _fake_stages(calls: list[str]):
-    from kinject.demo import Stage
+    from kinject.recipes.engine import Stage
 
     def make(name):
         return lambda ctx, out: calls.append(name)
@@ -57,11 +57,11 @@ class _LaneThatDidNothing:
 
 @pytest.fixture
 def fake_demo(monkeypatch):
-    """kinject.demo with the fake stages above, the side lane on, and the list of stage calls."""
-    import kinject.demo as demo
+    """kinject.recipes.engine with the fake stages above, the side lane on, and the list of stage calls."""
+    import kinject.recipes.engine as demo
 
     calls: list[str] = []
-    monkeypatch.setattr(demo, "discover_stages", lambda: _fake_stages(calls))
+    monkeypatch.setattr(demo, "registered_stages", lambda: _fake_stages(calls))
     monkeypatch.setattr(demo, "SideLane", _LaneThatDidNothing)
     monkeypatch.setenv("KINJECT_DEMO_SIDE_LANE", "1")
     _LaneThatDidNothing.started = []
@@ -88,7 +88,7 @@ def test_only_side_stages_run_in_process_without_a_lane(fake_demo, tmp_path):
 
 
 def test_the_background_lane_is_a_real_demo_process_with_its_own_log(tmp_path):
-    from kinject.demo import SideLane, stage
+    from kinject.recipes.engine import SideLane, stage
 
     with pytest.raises(ValueError, match="lane must be"):
         stage("x", 1, lane="sideways")
@@ -101,7 +101,7 @@ def test_the_background_lane_is_a_real_demo_process_with_its_own_log(tmp_path):
 
 # ------------------------------------------------------------------ cores: never more busy processes
 def test_job_slots_leave_the_side_lanes_core_alone():
-    from kinject.demo import job_slots
+    from kinject.recipes.engine import job_slots
 
     assert job_slots(2, 2, side_lane_busy=True) == 1
     assert job_slots(2, 2, side_lane_busy=False) == 2
@@ -125,7 +125,7 @@ class _BusyLane:
 
 
 def test_jobs_run_one_at_a_time_while_the_side_lane_holds_a_core(monkeypatch, tmp_path):
-    import kinject.demo as demo
+    import kinject.recipes.engine as demo
 
     monkeypatch.setenv("KINJECT_DEMO_WORKERS", "2")
     monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
@@ -143,7 +143,7 @@ def test_the_lane_is_seen_finished_without_being_reaped(tmp_path):
     import sys
     import time
 
-    from kinject.demo import SideLane, children_cpu_s
+    from kinject.recipes.engine import SideLane, children_cpu_s
 
     lane = SideLane.__new__(SideLane)
     lane.t0, lane.log, lane.names = time.perf_counter(), tmp_path / "log", []
@@ -181,11 +181,11 @@ def _fails(ctx, out):
 def test_timings_record_wall_own_and_child_cpu_and_merge_resumed_runs(monkeypatch, tmp_path):
     import json
 
-    import kinject.demo as demo
-    from kinject.demo import Stage
+    import kinject.recipes.engine as demo
+    from kinject.recipes.engine import Stage
 
     stages = [Stage("burn", _burn, "", 10), Stage("child", _child, "", 20)]
-    monkeypatch.setattr(demo, "discover_stages", lambda: stages)
+    monkeypatch.setattr(demo, "registered_stages", lambda: stages)
     monkeypatch.setenv("KINJECT_DEMO_SIDE_LANE", "0")
     monkeypatch.delenv(demo.RUN_ID_ENV, raising=False)
     demo.run_demo(tmp_path)
@@ -210,7 +210,7 @@ def test_timings_record_wall_own_and_child_cpu_and_merge_resumed_runs(monkeypatc
 
 
 def test_side_lane_attempts_and_the_in_process_pass_add_up_in_one_run(tmp_path):
-    from kinject.demo import Stage, StageTimings
+    from kinject.recipes.engine import Stage, StageTimings
 
     st = Stage("grip", _burn, "", 80, "side")
     StageTimings(tmp_path, "r1", "side lane").stage(st, 10.0, 9.0, 1.0, True)

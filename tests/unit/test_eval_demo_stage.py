@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from kinject.demo import DemoContext
 from kinject.errors import UserError
-from kinject.eval.demo_stages import eval_stage
+from kinject.recipes.engine import DemoContext
+from kinject.recipes.tiny.eval import eval_stage
 
 
 def write_jsonl(path, rows):

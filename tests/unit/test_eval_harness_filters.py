@@ -112,7 +112,7 @@ def test_nested_option_paths_are_fingerprinted(tmp_path):
 
 
 def test_curve_files_prefer_pngs_then_logs(tmp_path):
-    from kinject.eval.demo_stages import curve_files
+    from kinject.recipes.tiny.eval import curve_files
 
     for rel in ("expert/m_sft/loss_curves.png", "expert/m_sft/log_history.json", "grip/model/train_log.json",
                 "eval/accuracy_curve.png", "gag/m/checkpoints/step-5/history.jsonl", "world/world/x.png"):
@@ -123,7 +123,7 @@ def test_curve_files_prefer_pngs_then_logs(tmp_path):
 
 
 def test_demo_methods_from_artifacts(tmp_path):
-    from kinject.eval.demo_stages import demo_methods
+    from kinject.recipes.tiny.eval import demo_methods
 
     art = {"foundation": tmp_path / "f", "wiki_index": tmp_path / "idx", "expert_materials": tmp_path / "em",
            "expert_adjuvant": tmp_path / "ea", "memory_materials": tmp_path / "mem",

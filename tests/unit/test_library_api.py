@@ -127,3 +127,14 @@ def test_star_import_gives_the_public_names():
     ns: dict = {}
     exec("from kinject import *", ns)
     assert {n for n in ns if not n.startswith("__")} == set(kinject.__all__)
+
+
+def test_no_library_module_imports_a_recipe():
+    """The demo's recipes (`kinject.recipes`) import the library, never the other way round;
+    the CLI only registers the `kinject demo` command."""
+    from pathlib import Path
+
+    src = Path(kinject.__file__).parent
+    users = [p.relative_to(src).as_posix() for p in src.rglob("*.py")
+             if "kinject.recipes" in p.read_text() and p.relative_to(src).parts[0] != "recipes"]
+    assert users == ["cli.py"], users

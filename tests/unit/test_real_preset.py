@@ -41,7 +41,7 @@ def test_real_methods_cover_every_row_and_lora_once_trained(tmp_path):
     only once both adapters exist, each a valid entry for its registered options."""
     from kinject.eval.config import EvalConfig
     from kinject.eval.harness import check_methods
-    from kinject.real.preset import DOMAINS, STAGES, real_methods
+    from kinject.recipes.smollm2 import DOMAINS, STAGES, real_methods
 
     art = {"real_base": tmp_path / "base", "knowledge_index": tmp_path / "index",
            **{f"expert_{d}": tmp_path / f"expert_{d}" for d in DOMAINS},

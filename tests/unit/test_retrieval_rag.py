@@ -110,8 +110,8 @@ def test_recall_at_k_counts_chunks_for_their_document():
 
 
 def test_demo_stage_on_a_small_world(tmp_path, tiny_model_dir):
-    from kinject.demo import DemoContext
-    from kinject.retrieval.demo_stages import retrieval_stage
+    from kinject.recipes.engine import DemoContext
+    from kinject.recipes.tiny.retrieval import retrieval_stage
 
     world, foundation = tmp_path / "world", tmp_path / "foundation"
     (world / "wiki").mkdir(parents=True)

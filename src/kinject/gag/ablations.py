@@ -7,10 +7,11 @@ plus the variant's overrides, scores each on the dev split with the slot control
 `<out>/results.jsonl` (method = the variant name, e.g. `gag_nll_only`, `gag_slots1`; controls as
 `<variant>_zero_memory` / `<variant>_foreign_memory`) and `<out>/table.md`.
 
-Memories: `memory_root/<d>` and `memory_root/<d>_align` (the demo's layout) for the 4-slot
-variants; the 1-slot stores are built from the same expert (`experts/<d>_sft`) with the shipped
-memory configs and `slots=1` into `stores_root/mem1/<d>`, unless already complete. Every run skips itself
-when complete with the same inputs, so an interrupted ablation resumes where it stopped.
+Memories: `memory_root/<d>` and `memory_root/<d>_align` (as `kinject.memory.domains` writes
+them) for the 4-slot variants; the 1-slot stores are built from the same expert
+(`experts/<d>_sft`) with the shipped memory configs and `slots=1` into `stores_root/mem1/<d>`,
+unless already complete. Every run skips itself when complete with the same inputs, so an
+interrupted ablation resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class GagAblationConfig(StageConfig):
 
 def memory_dirs(cfg: GagAblationConfig, domain: str, slots: int) -> tuple[Path, Path]:
     """(domain store, alignment store) with `slots` slots, building them when needed."""
-    from kinject.memory.demo_stages import build_domain_stores
+    from kinject.memory.domains import build_domain_stores
     from kinject.memory.store import MemoryStore
 
     root = Path(cfg.memory_root)
@@ -76,9 +77,8 @@ def run_variant(cfg: GagAblationConfig, domain: str, name: str, variant: Variant
     from kinject.gag.evaluate import evaluate_gag
     from kinject.gag.trainer import Stage3Trainer
     from kinject.io import read_jsonl, write_jsonl_atomic
-    from kinject.memory.demo_stages import fresh_or_resume
     from kinject.memory.store import MemoryStore
-    from kinject.runs import RunRecorder, inputs_hash, is_complete
+    from kinject.runs import RunRecorder, fresh_or_resume, inputs_hash, is_complete
 
     world, base = Path(cfg.world), Path(cfg.base)
     mem, amem = memory_dirs(cfg, domain, variant.slots)

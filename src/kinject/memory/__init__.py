@@ -8,4 +8,5 @@ compress.py    slot compression (`segment_softmax`, `adaptive_avg`) and stabiliz
 store.py       the memory store: safetensors shards [N, L, S, d] + JSONL index (+ optional
                per-token trajectories for learned pooling)
 build.py       `kinject memory build`: resumable, `rank::world_size` sharding, merge
+domains.py     a world's private domains: each domain's store and alignment store, built once per inputs
 """

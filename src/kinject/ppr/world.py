@@ -34,11 +34,10 @@ def banks_from_world(world: str | Path | None, out: str | Path, cfg) -> tuple[Pa
     out = Path(out)
     if world is None:
         try:
-            from kinject.world.build import build_world
-            from kinject.world.demo_stages import TINY_CONFIG
+            from kinject.world.build import build_world, tiny_world_config
         except ImportError:
             raise UserError("no world package here: pass --world DIR, or --banks and --data") from None
-        world = build_world(TINY_CONFIG, out / "world")  # skips itself when unchanged
+        world = build_world(tiny_world_config(), out / "world")  # skips itself when unchanged
     world = Path(world)
     files = offline_files(world)
     banks = out / "banks"

@@ -182,6 +182,13 @@ def generate(cfg: WorldConfig, domains: list[DomainSpec], out: Path,
     return counts
 
 
+def tiny_world_config() -> Path:
+    """The shipped tiny world's config (`configs/world/tiny.yaml`): the world `kinject demo` builds."""
+    from kinject.resources import shipped
+
+    return shipped("configs/world/tiny.yaml")
+
+
 def build_world(config_path: str | Path | None, out: str | Path, overrides=(), force: bool = False) -> Path:
     from kinject.config import load_config
 

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kinject.demo import DemoContext, stage
+from kinject.recipes.engine import DemoContext, stage
 from kinject.resources import shipped
 
-TINY_CONFIG = shipped("configs/world/tiny.yaml")
 FOUNDATION = shipped("assets/foundation/tiny")
 
 
 @stage("world", order=10, help="synthetic private-knowledge world (tiny) + shipped foundation models")
 def world_stage(ctx: DemoContext, out: Path) -> None:
-    from kinject.world.build import build_world
+    from kinject.world.build import build_world, tiny_world_config
     from kinject.world.checks import run_checks
 
-    world = build_world(TINY_CONFIG, out / "world")  # skips itself when unchanged
+    world = build_world(tiny_world_config(), out / "world")  # skips itself when unchanged
     checks = run_checks(world)
     failed = [k for k, c in checks.items() if not c["ok"]]
     if failed:

@@ -1,12 +1,12 @@
-"""`make demo` stage `ppr`: banks from the world's offline questions, abstention thresholds
-calibrated on half of the online mixed questions (`kinject ppr calibrate`), routing accuracy on
-the online questions, the plug-and-play check and a throughput run."""
+"""Demo stage `ppr` (order 40, side lane): banks from the world's offline questions, abstention
+thresholds calibrated on half of the online mixed questions (`kinject ppr calibrate`), routing
+accuracy on the online questions, the plug-and-play check and a throughput run."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from kinject.demo import DemoContext, stage
+from kinject.recipes.engine import DemoContext, stage
 from kinject.resources import shipped
 
 TINY_PPR = shipped("configs/ppr/tiny.yaml")  # exemplar banks, see the file

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kinject.demo import DemoContext, stage
 from kinject.errors import UserError
+from kinject.recipes.engine import DemoContext, stage
 from kinject.resources import shipped
 
 TINY_CONFIG = shipped("configs/eval/tiny.yaml")

@@ -1,14 +1,12 @@
-"""`kinject demo`: the README's main job, the whole pipeline on the embedded tiny world.
+"""`kinject demo`: the engine that runs a recipe's stages (the tiny recipe by default, the whole
+pipeline on the embedded tiny world; `--preset smollm2` for the real-model recipe).
 
-Each stage is a function registered with `@stage(name, order=N)`, run by increasing order. A
-component adds its stage in its own package, in a module named `demo_stages`
-(`kinject/<pkg>/demo_stages.py`), discovered at run time: no edit of this file. A stage writes
-under `<out>/<name>/` with a manifest and skips itself when that manifest says complete with
-the same inputs hash (`kinject.runs.is_complete`), so a re-run with nothing changed is fast.
-Stages pass paths to later stages through `ctx.artifacts`.
-
-Orders: foundation 0, world 10, retrieval 30, ppr 40, expert 50, memory 60, gag 70, grip 80,
-grip_rl 90, eval 100.
+Each stage is a function registered with `@stage(name, order=N)`, run by increasing order. The
+tiny recipe's stages are the modules `kinject.recipes.tiny` imports, in its stage list; any other
+module imported before the demo runs may register one more with `@stage`. A stage writes under
+`<out>/<name>/` with a manifest and skips itself when that manifest says complete with the same
+inputs hash (`kinject.runs.is_complete`), so a re-run with nothing changed is fast. Stages pass
+paths to later stages through `ctx.artifacts`.
 
 Side lane: a stage marked `lane="side"` needs only the stages before the first side stage
 (world, retrieval). The demo runs all side stages in one background process
@@ -29,9 +27,7 @@ side lane's stages, which its process records itself) go to `<out>/timings.json`
 
 from __future__ import annotations
 
-import importlib
 import os
-import pkgutil
 import subprocess
 import sys
 import time
@@ -82,13 +78,10 @@ def stage(name: str, order: int, help: str = "", lane: str = "main"):
     return deco
 
 
-def discover_stages() -> list[Stage]:
-    import kinject
+def registered_stages() -> list[Stage]:
+    """The tiny recipe's stages and any other registered with `@stage`, by order."""
+    import kinject.recipes.tiny  # noqa: F401 - importing the recipe registers its stages
 
-    for mod in pkgutil.iter_modules(kinject.__path__):
-        name = f"kinject.{mod.name}.demo_stages"
-        if mod.ispkg and importlib.util.find_spec(name) is not None:
-            importlib.import_module(name)
     return sorted(STAGES.values(), key=lambda s: s.order)
 
 
@@ -165,29 +158,6 @@ def run_parallel(fn: Callable, jobs: list[tuple]) -> list:
         if e is not None:
             raise e
     return results
-
-
-@stage("foundation", order=0, help="tiny random model: save, reload, identical logits")
-def foundation_check(ctx: DemoContext, out: Path) -> None:
-    import torch
-
-    from kinject.models import TinySpec, load_causal_lm, make_tiny_model, save_model
-    from kinject.runs import RunRecorder
-    from kinject.tokenizer import BUILTIN_SAMPLE, train_tokenizer
-
-    rec = RunRecorder(out, "demo foundation", seed=0)
-    tok = train_tokenizer(BUILTIN_SAMPLE * 4, vocab_size=600, min_frequency=1)
-    model = make_tiny_model(TinySpec(vocab=600, hidden=64, layers=2, heads=4), tokenizer=tok)
-    save_model(model, tok, out / "tiny-model")
-    loaded, tok2 = load_causal_lm(out / "tiny-model", device="cpu")
-    ids = tok2("Question: What is the capital of Norland?", return_tensors="pt").input_ids
-    with torch.no_grad():
-        same = torch.equal(model.eval()(ids).logits, loaded(ids).logits)
-    rec.metrics["reload_logits_identical"] = same
-    rec.write()
-    ctx.summary["foundation: reload logits identical"] = same
-    if not same:
-        raise RuntimeError("saved-then-loaded tiny model gives different logits")
 
 
 def side_lane_enabled() -> bool:
@@ -333,7 +303,7 @@ def run_demo(out: Path, quick: bool = False, only: list[str] | None = None) -> D
     global _side_lane
     ctx = DemoContext(out=out, quick=quick)
     out.mkdir(parents=True, exist_ok=True)
-    stages = [st for st in discover_stages() if not only or st.name in only]
+    stages = [st for st in registered_stages() if not only or st.name in only]
     side = [st for st in stages if st.lane == "side"]
     in_lane = bool(os.environ.get(RUN_ID_ENV))  # this process is a side lane
     timings = StageTimings(out, os.environ.get(RUN_ID_ENV) or uuid.uuid4().hex[:12],
@@ -411,7 +381,7 @@ def register(app: typer.Typer) -> None:
         if preset == "smollm2":
             if only:
                 raise UserError("--only applies to the tiny preset; the smollm2 stages skip themselves when done")
-            from kinject.real.preset import run_real_preset
+            from kinject.recipes.smollm2 import run_real_preset
 
             out = out or Path("outputs/real")
             ctx = run_real_preset(out, tiny_out, quick=quick)

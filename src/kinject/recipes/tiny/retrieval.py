@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kinject.demo import DemoContext, stage
+from kinject.recipes.engine import DemoContext, stage
 
 PRIVATE = ("materials", "adjuvant")
 CHUNK = (32, 8)  # words per window, overlap: a few facts per passage

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kinject.demo import DemoContext, stage
 from kinject.eval.results import ResultRow
+from kinject.recipes.engine import DemoContext, stage
 from kinject.resources import shipped
 
 CONFIGS = shipped("configs/grip")

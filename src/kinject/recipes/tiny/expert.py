@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kinject.demo import DemoContext, stage
+from kinject.recipes.engine import DemoContext, stage
 from kinject.resources import shipped
 
 DOMAINS = ("materials", "adjuvant")
@@ -45,8 +45,8 @@ def train_domain_expert(domain: str, world: Path, init: Path, out: Path, dapt_ov
 
 @stage("expert", order=50, help="GAG experts: Stage I DAPT + Stage II QA-SFT per private domain")
 def expert_stage(ctx: DemoContext, out: Path) -> None:
-    from kinject.demo import run_parallel
     from kinject.expert.evaluate import evaluate_files
+    from kinject.recipes.engine import run_parallel
     from kinject.runs import RunRecorder, inputs_hash, is_complete
 
     world, init = Path(ctx.artifacts["world"]), Path(ctx.artifacts["foundation"]) / "expert_init"

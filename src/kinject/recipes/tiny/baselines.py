@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kinject.demo import DemoContext, stage
+from kinject.recipes.engine import DemoContext, stage
 from kinject.resources import shipped
 
 DOMAINS = ("materials", "adjuvant")

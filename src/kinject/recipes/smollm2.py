@@ -1,8 +1,9 @@
-"""`kinject demo --preset smollm2`: the whole pipeline with a REAL frozen base, SmolLM2-135M-Instruct.
+"""The real-model recipe, `kinject demo --preset smollm2`: the whole pipeline with a REAL frozen
+base, SmolLM2-135M-Instruct.
 
 The private side is the tiny world's (its experts know the private facts; their memories are the
-ones `make demo` builds): the preset first runs the tiny demo's `foundation, world, retrieval,
-expert, memory` stages (a skip when `make demo` already made them), then its own stages, each
+ones `make demo` builds): the preset first runs the tiny recipe's `foundation, world, retrieval,
+ppr, expert, memory` stages (a skip when `make demo` already made them), then its own stages, each
 skipped when its inputs are unchanged and resumable where it trains:
 
 - `import`  the packaged GGUF model -> a dense local checkpoint (`kinject model import`)
@@ -27,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from kinject.demo import (
+from kinject.recipes.engine import (
     DemoContext,
     Stage,
     StageTimings,
@@ -44,7 +45,7 @@ NQ = shipped("data/realqa/nq_oracle")
 CHUNK_WORDS, CHUNK_OVERLAP = 32, 8
 DEV_LIMIT = 120  # questions per private dev set (the harness's and the controls')
 MIXED_PER_SOURCE = 40  # the mixed set: this many materials, adjuvant and NQ questions
-# QUICK: the tiny memory stage then stores 4,000 alignment items (kinject.memory.demo_stages.QUICK)
+# QUICK: the tiny memory stage then stores 4,000 alignment items (kinject.recipes.tiny.memory.QUICK)
 QUICK = {"gag": ["alignment.max_steps=30", "alignment.limit=4000", "domain.max_steps=10"],
          "lora": ["train.max_steps=4", "train.eval_steps=2"], "limit": 16}
 
@@ -111,14 +112,11 @@ def stage3_config(domain: str, world: Path, base: Path, mem: Path, amem: Path, o
     """(the domain's Stage III config with this run's paths, the hash of its inputs)."""
     from kinject.config import load_config
     from kinject.gag.config import Stage3Config
+    from kinject.gag.stage3 import domain_paths
     from kinject.runs import inputs_hash
 
-    ddir = world / f"{domain}_domain"
-    cfg = load_config(shipped(f"configs/real/{domain}_stage3_smollm2.yaml"), [
-        f"base={base}", f"out={out / domain}",
-        f"alignment.data={world / 'general' / 'align.jsonl'}", f"alignment.memory={amem}",
-        f"domain.data={ddir / 'qa_train.jsonl'}", f"domain.memory={mem}", *overrides,
-    ], expect=Stage3Config)
+    cfg = load_config(shipped(f"configs/real/{domain}_stage3_smollm2.yaml"),
+                      [*domain_paths(world, domain, base, mem, amem, out), *overrides], expect=Stage3Config)
     return cfg, inputs_hash(cfg, mem / "manifest.json", amem / "manifest.json", base / "kinject_import.json")
 
 
@@ -127,7 +125,7 @@ def train_real_injector(domain: str, world: Path, base: Path, mem: Path, amem: P
     """Stage III into the real base + GAG on stored dev memories with controls, and on fresh
     general facts only the expert read (the channel alone); a worker of `run_parallel`, resumed
     from its checkpoints; returns the run dir."""
-    from kinject.gag.demo_stages import EvalSet, train_and_score
+    from kinject.gag.stage3 import EvalSet, train_and_score
     from kinject.io import read_jsonl
 
     cfg, h = stage3_config(domain, world, base, mem, amem, out, overrides)
@@ -194,7 +192,7 @@ def write_mixed_set(world: Path, nq_questions: Path, out: Path, per_source: int)
 
 def real_methods(artifacts: dict) -> list[dict]:
     """Method entries for the harness: every method on the real base, from the stages' outputs."""
-    from kinject.eval.demo_stages import memory_of
+    from kinject.recipes.tiny.eval import memory_of
 
     base, index = str(artifacts["real_base"]), str(artifacts["knowledge_index"])
     private = list(DOMAINS)

@@ -5,72 +5,20 @@ then the domain phase (`memory_<domain>`), with `configs/gag/<domain>_stage3_tin
 shipped tiny base (`ctx.artifacts["foundation"]/base`) frozen. Then GAG is scored with the
 stored dev memories, with the zeroed/foreign-memory controls, into `<out>/<domain>/eval/`
 and `<out>/results.jsonl`. Sets `ctx.artifacts["injector_<domain>"]`. Skips itself when
-inputs are unchanged; a run started from other inputs is restarted (its checkpoints dropped).
+inputs are unchanged; a run started from other inputs is restarted (its checkpoints dropped;
+`kinject.gag.stage3`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from kinject.demo import DemoContext, stage
+from kinject.recipes.engine import DemoContext, stage
 from kinject.resources import shipped
 
 DOMAINS = ("materials", "adjuvant")
 QUICK = ["alignment.max_steps=250", "alignment.limit=4000", "domain.max_steps=60"]  # memory QUICK builds 500 dev + 4000 align items
 SPLITS = {"dev": "{d}", "dev_para": "{d}_para"}  # world split -> results dataset name
-
-
-@dataclass
-class EvalSet:
-    """Questions GAG is scored on after training, with the memory store holding their memories;
-    `key` names its predictions file and its foreign-value metric."""
-
-    store: Path
-    rows: list
-    dataset: str
-    split: str
-    key: str
-    controls: bool = True  # also the zeroed and foreign-memory controls
-
-
-def train_and_score(cfg, inputs_hash: str, command: str, eval_sets: Callable[[], list[EvalSet]],
-                    batch_size: int = 32) -> Path:
-    """Stage III with `cfg` (a skip when complete with the same inputs hash; resumed from its
-    checkpoints otherwise, restarted when its inputs changed), then GAG on each eval set:
-    `<out>/eval/results.jsonl` and predictions. Returns the run dir."""
-    import torch
-
-    from kinject.eval.results import write_results
-    from kinject.gag.evaluate import evaluate_gag
-    from kinject.gag.trainer import Stage3Trainer
-    from kinject.io import write_jsonl_atomic
-    from kinject.memory.demo_stages import fresh_or_resume
-    from kinject.memory.store import MemoryStore
-    from kinject.runs import RunRecorder, is_complete
-
-    run_dir = Path(cfg.out)
-    if is_complete(run_dir, inputs_hash):
-        return run_dir
-    fresh_or_resume(run_dir, inputs_hash)
-    rec = RunRecorder(run_dir, command, cfg, cfg.seed)
-    trainer = Stage3Trainer(cfg)
-    with rec.timer("train"):
-        rec.metrics.update(trainer.train())
-    rows = []
-    with rec.timer("eval"), torch.no_grad():
-        for es in eval_sets():
-            res = evaluate_gag(trainer.injector.eval(), trainer.base, MemoryStore(es.store), es.rows, es.dataset,
-                               es.split, controls=es.controls, batch_size=batch_size)
-            rows += res["results"]
-            write_jsonl_atomic(run_dir / "eval" / f"predictions_{es.key}.jsonl", res["predictions"])
-            if res["foreign_value_rate"] is not None:
-                rec.metrics[f"{es.key}/foreign_value_rate"] = res["foreign_value_rate"]
-    write_results(run_dir / "eval" / "results.jsonl", rows, append=False)
-    rec.metrics.update({f"{r.dataset}/{r.split}/{r.method}/{r.metric}": r.value for r in rows})
-    rec.write(inputs_hash=inputs_hash)
-    return run_dir
 
 
 def train_domain_injector(domain: str, world: Path, base: Path, mem: Path, amem: Path, out: Path,
@@ -79,15 +27,13 @@ def train_domain_injector(domain: str, world: Path, base: Path, mem: Path, amem:
     are passed in); returns the run dir."""
     from kinject.config import load_config
     from kinject.gag.config import Stage3Config
+    from kinject.gag.stage3 import EvalSet, domain_paths, train_and_score
     from kinject.io import read_jsonl
     from kinject.runs import inputs_hash
 
     ddir = world / f"{domain}_domain"
-    cfg = load_config(shipped(f"configs/gag/{domain}_stage3_tiny.yaml"), [
-        f"base={base}", f"out={out / domain}",
-        f"alignment.data={world / 'general' / 'align.jsonl'}", f"alignment.memory={amem}",
-        f"domain.data={ddir / 'qa_train.jsonl'}", f"domain.memory={mem}", *overrides,
-    ], expect=Stage3Config)
+    cfg = load_config(shipped(f"configs/gag/{domain}_stage3_tiny.yaml"),
+                      [*domain_paths(world, domain, base, mem, amem, out), *overrides], expect=Stage3Config)
     h = inputs_hash(cfg, mem / "manifest.json", amem / "manifest.json", base)
 
     def eval_sets() -> list[EvalSet]:
@@ -105,8 +51,8 @@ def train_domain_injector(domain: str, world: Path, base: Path, mem: Path, amem:
 
 @stage("gag", order=70, help="GAG Stage III (alignment + domain) on the frozen base, scored on dev")
 def gag_stage(ctx: DemoContext, out: Path) -> None:
-    from kinject.demo import run_parallel
     from kinject.eval.results import read_results, write_results
+    from kinject.recipes.engine import run_parallel
 
     world, base = Path(ctx.artifacts["world"]), Path(ctx.artifacts["foundation"]) / "base"
     jobs = [(d, world, base, Path(ctx.artifacts[f"memory_{d}"]), Path(ctx.artifacts[f"align_memory_{d}"]), out,
