@@ -81,3 +81,22 @@ def test_each_model_is_keyed_on_its_own_shape_and_schedule(tmp_path):
     assert model_inputs_hash(cfg.model_copy(update={"parallel": not cfg.parallel}), "base", "w1", tmp_path) == h["base"]
     assert model_inputs_hash(cfg.model_copy(update={"vocab_size": 4096}), "base", "w1", tmp_path) != h["base"]
     assert model_inputs_hash(cfg, "base", "w2", tmp_path) != h["base"]
+
+
+def test_the_shipped_models_are_complete_for_the_shipped_config():
+    """`kinject world pretrain --config configs/world/foundation_tiny.yaml` into the shipped
+    folder keeps both models: their inputs hashes are the ones their manifests hold (the
+    schedules hashed with `learning_rate` under its older key `lr`, which still loads)."""
+    from kinject.config import load_config
+    from kinject.world.config import FoundationConfig, TrainSettings
+    from kinject.world.pretrain import model_inputs_hash
+
+    cfg = load_config(REPO / "configs/world/foundation_tiny.yaml", expect=FoundationConfig)
+    manifest = json.loads((ASSETS / "manifest.json").read_text())
+    assert cfg.hash_dump() == manifest["config"]  # the config the shipped models were trained with
+    for name in ("base", "expert_init"):
+        h = model_inputs_hash(cfg, name, manifest["world"]["inputs_hash"], ASSETS / "tokenizer")
+        assert h == json.loads((ASSETS / name / "manifest.json").read_text())["inputs_hash"], name
+    assert TrainSettings(lr=1e-3) == TrainSettings(learning_rate=1e-3)
+    with pytest.raises(ValueError, match="both given"):
+        TrainSettings(lr=1e-3, learning_rate=1e-3)

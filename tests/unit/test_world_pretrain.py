@@ -49,6 +49,6 @@ def test_fast_loss_equals_hf_loss():
 
 
 def test_schedule_warmup_then_cosine_to_floor():
-    ts = TrainSettings(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    ts = TrainSettings(learning_rate=1e-3, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_at(0.0, 0, ts) == 1e-4 and lr_at(0.01, 9, ts) == 1e-3
     assert abs(lr_at(0.5, 500, ts) - 0.55e-3) < 1e-9 and abs(lr_at(1.0, 999, ts) - 1e-4) < 1e-12

@@ -70,17 +70,27 @@ class ModelShape(StrictModel):
 
 
 class TrainSettings(StrictModel):
+    renamed = {"lr": "learning_rate"}
+
     max_steps: int = 2000
     time_budget_min: float = 15.0  # the LR schedule ends at whichever comes first
     batch_size: int = 32
     seq_len: int = 256
-    lr: float = 3e-3
+    learning_rate: float = 3e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 100
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     log_every: int = 25
     eval_every: int = 0  # quick EM on a dev sample every N steps (0: only at the end)
+
+    def hash_dump(self) -> dict:
+        """These settings as the inputs hashes see them: `learning_rate` under its older name
+        `lr`, the key the hashes of pretrained foundations (the shipped tiny foundation among
+        them) were made with, so that `kinject world pretrain` still finds them complete."""
+        data = self.model_dump(mode="json")
+        data["lr"] = data.pop("learning_rate")
+        return data
 
 
 @register_config
@@ -98,3 +108,8 @@ class FoundationConfig(StageConfig):
     expert: ModelShape = ModelShape(hidden=96, layers=3, heads=4)
     expert_train: TrainSettings = TrainSettings(time_budget_min=5.0)
     eval_sample: int = 200
+
+    def hash_dump(self) -> dict:
+        """The config as the inputs hashes see it (`TrainSettings.hash_dump` for both schedules)."""
+        return {**self.model_dump(mode="json"), "base_train": self.base_train.hash_dump(),
+                "expert_train": self.expert_train.hash_dump()}

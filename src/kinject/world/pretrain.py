@@ -103,9 +103,9 @@ def lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def lr_at(progress: float, step: int, ts: TrainSettings) -> float:
     if step < ts.warmup_steps:
-        return ts.lr * (step + 1) / ts.warmup_steps
+        return ts.learning_rate * (step + 1) / ts.warmup_steps
     p = min(1.0, progress)
-    return ts.lr * (ts.min_lr_ratio + (1 - ts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+    return ts.learning_rate * (ts.min_lr_ratio + (1 - ts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
 def quick_eval(model, tok, items: list[tuple[str, list[str]]]) -> float:
@@ -138,7 +138,7 @@ def train_model(name: str, shape: ModelShape, ts: TrainSettings, tok, docs, cfg:
                     kv_heads=shape.kv_heads, intermediate=shape.intermediate, max_positions=shape.max_positions)
     model = make_tiny_model(spec, tokenizer=tok, seed=seed).to(device)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=ts.lr, betas=(0.9, 0.95), weight_decay=ts.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=ts.learning_rate, betas=(0.9, 0.95), weight_decay=ts.weight_decay)
     rng = random.Random(seed)
     sep = tok.convert_tokens_to_ids("<|endoftext|>")
     xs, ys = pack(docs, ts.seq_len, tok.pad_token_id, sep, rng)
@@ -207,8 +207,9 @@ def model_inputs_hash(cfg: FoundationConfig, name: str, world_hash: str | None, 
     """What one model depends on: the shared settings, its own shape and schedule, the world and
     the tokenizer (so changing the expert's shape does not retrain the base, and vice versa)."""
     own = {"base": ("base", "base_train"), "expert_init": ("expert", "expert_train")}
-    shared = cfg.model_dump(mode="json", exclude={"base", "base_train", "expert", "expert_train", "parallel"})
-    mine = {k: getattr(cfg, k).model_dump(mode="json") for k in own[name]}
+    full = cfg.hash_dump()
+    shared = {k: v for k, v in full.items() if k not in {"base", "base_train", "expert", "expert_train", "parallel"}}
+    mine = {k: full[k] for k in own[name]}
     return inputs_hash({"shared": shared, "own": mine, "model": name, "world": world_hash}, tok_dir / "tokenizer.json")
 
 
@@ -273,7 +274,7 @@ def pretrain_foundation(world: str | Path, config_path: str | Path | None, out: 
         rec.metrics[name] = m["metrics"]
     if not rec.metrics.get("base"):
         raise UserError("pretraining produced no base model")
-    rec.write(inputs_hash=inputs_hash(cfg, w / "general/pretrain.jsonl"))
+    rec.write(inputs_hash=inputs_hash(cfg.hash_dump(), w / "general/pretrain.jsonl"))
     write_json_atomic(out / "benchmark.json", {
         "command": "kinject world pretrain", "threads": cfg.threads,
         "timings_s": rec.timings,
