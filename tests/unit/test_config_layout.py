@@ -15,7 +15,7 @@ the paths in its comments' commands alike:
 - a path under `outputs/<name>/` with <name> a demo stage (`outputs/expert/`, `outputs/gag/`, ...)
   is the old layout, and refused;
 - any other `outputs/` path a config reads is produced by a config (its `out`), a command in a
-  config's header (`--out ...`), or the real-model preset (`kinject demo --preset smollm2`);
+  config's header (`--out ...` or an `out=...` override), or the real-model preset (`kinject demo --preset smollm2`);
 - where a stage overrides a path of a shipped config, the file already holds the demo's value.
 """
 
@@ -296,7 +296,8 @@ def layout(dry) -> Layout:
     for f in CONFIGS:
         text = f.read_text()
         made.update(v for k, v in outputs_values(yaml.safe_load(text) or {}) if k.split(".")[-1] in OUTPUT_KEYS)
-        made.update(re.findall(r"--out\s+(outputs/[^\s`'\")]+)", text))
+        # a header command's output: `--out DIR`, or an `out=DIR` override (a second seed's run)
+        made.update(re.findall(r"(?:--out\s+|\sout=)(outputs/[^\s`'\")]+)", text))
     made.update((REAL_OUT / st.name).as_posix() for st in STAGES)
     made.add((REAL_OUT.parent / "models" / MODEL).as_posix())  # the real preset's import stage
     return Layout({Path(d).name for d in dry.stage_dirs}, {DEMO_OUT.as_posix(), *dry.stage_dirs},
