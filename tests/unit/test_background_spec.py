@@ -168,3 +168,34 @@ def test_artifacts_without_a_recorded_spec_still_load(art, tmp_path):
     (old_mem / "manifest.json").write_text(json.dumps({"config": art["cfg"].model_dump(mode="json")}))
     assert MemoryStore(old_mem).background_spec == SPEC
     assert pipeline(art, injector=old_inj, memory=str(old_mem)).background == SPEC
+
+
+def test_an_injector_trained_on_memories_without_decoding_reads_them_online_the_same_way(art):
+    """source: prefill records its answer prefix in the spec; Stage III copies it; GagPipeline then
+    reads the expert's states over the question and the prefix (nothing generated), which are
+    exactly the stored memories."""
+    from kinject.gag.config import Stage3Config
+    from kinject.gag.trainer import Stage3Trainer
+    from kinject.memory.build import build_memory
+
+    root, prefix = art["root"], " The answer is"
+    cfg = art["cfg"].model_copy(update={"source": "prefill", "answer_prefix": prefix, "out": str(root / "pre_mem")})
+    build_memory(cfg, progress=False)
+    spec = MemoryStore(root / "pre_mem").background_spec
+    assert spec == BackgroundSpec(system=SYSTEM, max_new_tokens=None, prefill_prefix=prefix)
+    phase = {"max_steps": 1, "learning_rate": 1e-2, "batch_size": 4}
+    Stage3Trainer(Stage3Config.model_validate({
+        "base": art["base"], "out": str(root / "s3_pre"), "device": "cpu", "w_sem": 0.0,
+        "alignment": {"data": str(root / "align.jsonl"), "memory": str(art["align_mem"]), **phase},
+        "domain": {"data": str(root / "dom.jsonl"), "memory": str(root / "pre_mem"), **phase}})).train(progress=False)
+    pipe = pipeline(art, injector=root / "s3_pre" / "injector")
+    assert pipe.background.prefill_prefix == prefix
+    store = MemoryStore(root / "pre_mem")
+    traces, inputs = pipe.memories(QUESTIONS[:2])
+    for i, t in enumerate(traces):
+        assert t.text == prefix and t.n_tokens == store.record(f"m{i}")["n_tokens"]
+        torch.testing.assert_close(inputs["slots"][i], store.get(f"m{i}").float(), rtol=1e-4, atol=1e-4)
+    answers = pipe.answer(QUESTIONS[:2], max_new_tokens=2)
+    assert [a.background for a in answers] == [prefix, prefix]
+    # the generated-background injector still writes backgrounds
+    assert pipeline(art).memories(QUESTIONS[:1])[0][0].text == MemoryStore(art["mem"]).record("m0")["background"]

@@ -106,7 +106,9 @@ def check_injector(injector: Injector, expert_model, base: InjectedBase, where: 
 
 class GagPipeline:
     """The GAG answerer: an expert writes a background per question, its states become slots, the
-    injector carries them into the frozen base.
+    injector carries them into the frozen base. An injector trained on memories without decoding
+    (its spec records a `prefill_prefix`) gets them the same way: the expert's states over the
+    question and the prefix, one forward pass, nothing written.
 
     The constructor takes loaded objects (a mixed deployment shares one base between domains);
     `GagPipeline.from_pretrained(expert, base, injector)` loads them from directories. `system` and
@@ -151,15 +153,19 @@ class GagPipeline:
     def memories(self, questions: Sequence[str]) -> tuple[list, dict[str, torch.Tensor]]:
         """Expert backgrounds and the injector's inputs for them (same path as the memory store).
         Questions already in the cache are not regenerated; the misses go to the expert in batches."""
-        from kinject.memory.background import generate_backgrounds
+        from kinject.memory.background import generate_backgrounds, prefill_traces
         from kinject.memory.compress import compress
 
         cfg, spec = self.injector.config, self.background
         found = {q: self.cache.get(self._key(q)) for q in dict.fromkeys(questions)}
         todo = [q for q, v in found.items() if v is None]
         if todo:
-            traces = generate_backgrounds(self.expert, self.expert_tok, todo, cfg.layers, spec.system,
-                                          spec.max_new_tokens, self.batch_size, spec.request)
+            if spec.prefill_prefix is not None:  # memories without decoding, as the injector's were made
+                traces = prefill_traces(self.expert, self.expert_tok, todo, cfg.layers, spec.system,
+                                        spec.prefill_prefix, self.batch_size, spec.request)
+            else:
+                traces = generate_backgrounds(self.expert, self.expert_tok, todo, cfg.layers, spec.system,
+                                              spec.max_new_tokens, self.batch_size, spec.request)
             for q, t in zip(todo, traces, strict=True):
                 slots = None if self.injector.needs_trajectories else compress(t.states, cfg.slots, cfg.store_pooling,
                                                                                  cfg.tau)

@@ -37,4 +37,5 @@ class MemoryBuildConfig(StageConfig):
 
     def background_spec(self) -> BackgroundSpec:
         """What decides the backgrounds (recorded in the store): the length cap only when they are generated."""
-        return BackgroundSpec(system=self.system, max_new_tokens=self.max_new_tokens if self.source == "generate" else None)
+        return BackgroundSpec(system=self.system, max_new_tokens=self.max_new_tokens if self.source == "generate" else None,
+                              prefill_prefix=self.answer_prefix if self.source == "prefill" else None)

@@ -7,6 +7,9 @@ by fingerprint) these settings fix the text, and so the memory. One home for the
 - `kinject memory build` records the spec in the store (`store.json`: `background_spec`);
 - Stage III copies the spec of the store it finishes on (the domain phase's) into the injector
   (`injector.json`: `background_spec`);
+- a store of memories without decoding (`source: prefill`) records its answer prefix
+  (`prefill_prefix`): online memories are then the expert's states over the question and that
+  prefix, one forward pass, no background written;
 - every path that writes backgrounds online (`GagPipeline` and the mixed pipeline / `kinject
   serve` built on it, the `gag` and `text_injection` eval methods, `kinject gag answer`) writes
   them with the injector's recorded spec, or the store's when it is given one (`memory`). An
@@ -44,6 +47,10 @@ class BackgroundSpec(StrictModel):
     request: str = Field(default_factory=_default_request)  # the request line before the question
     # greedy decoding cap; None: the store's texts were not generated (memory build source given or prefill)
     max_new_tokens: int | None = Field(DEFAULT_MAX_NEW_TOKENS, ge=1)
+    # memories without decoding (memory build source: prefill): the text read after the question in
+    # the expert's one forward pass; online memories are then read the same way, nothing generated.
+    # None: memories of written backgrounds
+    prefill_prefix: str | None = None
 
 
 # the online options' names for the spec's fields (what a user sets and an error names)
