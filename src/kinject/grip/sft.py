@@ -162,8 +162,9 @@ def train_sft(cfg, out: str | Path | None = None) -> Path:
         raise UserError(f"grip sft: no row fits max_length={cfg.max_length}; raise it")
     work = out.parent / f".{out.name}.work"
     device_kw = trainer_device_kwargs()
-    if cfg.gradient_checkpointing:
-        device_kw["gradient_checkpointing"] = True
+    # always passed: TRL's SFTConfig turns activation checkpointing on by default, which recomputes
+    # every layer's forward in the backward pass (slower, for memory this stage rarely needs)
+    device_kw["gradient_checkpointing"] = cfg.gradient_checkpointing
     if cfg.bf16 and torch.cuda.is_available():
         device_kw["bf16"] = True
     args = SFTConfig(
