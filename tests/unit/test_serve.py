@@ -574,3 +574,18 @@ def test_stream_chunks_reach_the_client_before_the_answer_is_finished(world, mod
             assert whole["message"]["content"] == "The catalyst" and whole["finish_reason"] == "stop"
     finally:
         del models.static["slow"]
+
+
+def test_fire_until_and_its_time_bound(server):
+    from kinject.serve.loadtest import fire
+
+    qs = [Q["general"][0], Q["materials"][0]]
+    end = time.perf_counter() + 1.0
+    res = asyncio.run(fire(server.url, "base", qs, 10**9, 2, 60, auth(), until=lambda: time.perf_counter() >= end))
+    assert res["requests"] >= 2 and res["ok"] == res["requests"] and res["lost"] == 0 and res["unfinished"] == 0
+    assert set(res["answers"]) == set(qs)
+    res = asyncio.run(fire(server.url, "base", qs, 3, 8, 60, auth()))
+    assert res["requests"] == 3 and res["ok"] == 3 and res["concurrency"] == 8
+    # a bound shorter than any answer: every request is lost, none is counted as answered
+    res = asyncio.run(fire(server.url, "kinject-mixed", qs, 4, 2, 0.001, auth()))
+    assert res["requests"] == 4 and res["ok"] == 0 and res["lost"] == 4 and res["latency_ms_p99"] is None

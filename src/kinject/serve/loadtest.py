@@ -50,72 +50,85 @@ def load_questions(data: Path | None, needed: int) -> list[str]:
 
 
 async def fire(url: str, model: str, questions: list[str], n: int, concurrency: int, max_seconds: float,
-               headers: dict) -> dict:
+               headers: dict, until=None) -> dict:
+    """Up to `n` chat completions (request i asks questions[i % len]) with `concurrency` in flight.
+    With `until` (a callable), no request starts once it returns true: `requests` is then the
+    number sent. A request still open after `max_seconds` counts as unfinished (and lost)."""
     import httpx
 
-    sem = asyncio.Semaphore(concurrency)
     lat: list[float] = []
     status: dict[str, int] = {}
     answers: dict[str, str] = {}
+    sent = 0
 
     async def one(client, i):
-        async with sem:
-            t = time.perf_counter()
-            try:
-                r = await client.post("/v1/chat/completions", headers=headers, json={
-                    "model": model, "messages": [{"role": "user", "content": questions[i % len(questions)]}]})
-                key = str(r.status_code)
-                if r.status_code == 200:
-                    answers[questions[i % len(questions)]] = r.json()["choices"][0]["message"]["content"]
-                if r.status_code == 503 and "retry-after" not in r.headers:
-                    key = "503-without-retry-after"
-            except httpx.HTTPError as e:
-                key = f"error:{type(e).__name__}"
-            status[key] = status.get(key, 0) + 1
-            if key == "200":
-                lat.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        try:
+            r = await client.post("/v1/chat/completions", headers=headers, json={
+                "model": model, "messages": [{"role": "user", "content": questions[i % len(questions)]}]})
+            key = str(r.status_code)
+            if r.status_code == 200:
+                answers[questions[i % len(questions)]] = r.json()["choices"][0]["message"]["content"]
+            if r.status_code == 503 and "retry-after" not in r.headers:
+                key = "503-without-retry-after"
+        except httpx.HTTPError as e:
+            key = f"error:{type(e).__name__}"
+        status[key] = status.get(key, 0) + 1
+        if key == "200":
+            lat.append(time.perf_counter() - t)
+
+    async def worker(client):
+        nonlocal sent
+        while sent < n and not (until is not None and until()):
+            sent += 1
+            await one(client, sent - 1)
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=max_seconds, limits=limits) as client:
         t0 = time.perf_counter()
-        tasks = [asyncio.create_task(one(client, i)) for i in range(n)]
-        done, pending = await asyncio.wait(tasks, timeout=max_seconds)
+        workers = [asyncio.create_task(worker(client)) for _ in range(min(concurrency, n))]
+        _, pending = await asyncio.wait(workers, timeout=max_seconds) if workers else (set(), set())
         for t in pending:
             t.cancel()
         wall = time.perf_counter() - t0
+    total = n if until is None else sent
     ok = status.get("200", 0)
-    lost = n - ok - status.get("503", 0)
     ms = np.array(lat) * 1000
-    return {"requests": n, "concurrency": concurrency, "wall_s": round(wall, 3), "status": status,
-            "ok": ok, "rejected_503": status.get("503", 0), "lost": lost, "unfinished": len(pending),
+    return {"requests": total, "concurrency": concurrency, "wall_s": round(wall, 3), "status": status,
+            "ok": ok, "rejected_503": status.get("503", 0), "lost": total - ok - status.get("503", 0),
+            "unfinished": total - sum(status.values()),
             "throughput_rps": round(ok / wall, 3) if wall else 0.0,
             "latency_ms_p50": round(float(np.percentile(ms, 50)), 2) if ok else None,
             "latency_ms_p99": round(float(np.percentile(ms, 99)), 2) if ok else None,
             "latency_ms_mean": round(float(ms.mean()), 2) if ok else None, "answers": answers}
 
 
-def run_bench(cfg, out: Path, requests: int, concurrency: int, model: str, data: Path | None,
-              max_seconds: float, batch_sizes: list[int], models=None) -> dict:
-    """`models`: already loaded `ServedModels` for `cfg` (default: load them)."""
-    import httpx
-    import torch
+def api_headers(cfg) -> dict:
+    key = os.environ.get("KINJECT_API_KEY") or cfg.api_key
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
-    from kinject.io import write_json_atomic
+
+def run_questions(data: Path | None, requests: int, concurrency: int, batch_sizes: list[int]) -> list[str]:
+    """The questions `load_runs` asks: a warm-up, then `requests` distinct ones per batch size."""
+    if requests < 1 or concurrency < 1 or not batch_sizes or min(batch_sizes) < 1:
+        raise UserError("--requests and --concurrency must be >= 1 and --batch-sizes non-empty, each >= 1")
+    return load_questions(data, 2 * max(batch_sizes) + requests * len(batch_sizes))
+
+
+def load_runs(cfg, models, model: str, questions: list[str], requests: int, concurrency: int, max_seconds: float,
+              batch_sizes: list[int], headers: dict) -> list[dict]:
+    """One cold run per max batch size (its own server over `models`, its own `requests` of
+    `questions` after a warm-up, see `run_questions`), every answer checked against the same
+    question asked alone: `mismatched`."""
+    import httpx
+
     from kinject.serve.app import create_app
-    from kinject.serve.models import ServedModels
     from kinject.serve.runner import ServerThread
 
-    if requests < 1 or concurrency < 1 or not batch_sizes:
-        raise UserError("--requests and --concurrency must be >= 1 and --batch-sizes non-empty")
     warm_n = 2 * max(batch_sizes)  # warm-up: load paths, allocate, first batches
-    questions = load_questions(data, warm_n + requests * len(batch_sizes))
     warm_q, run_q = questions[:warm_n], questions[warm_n:]
-    torch.set_num_threads(cfg.threads)
-    models = models or ServedModels(cfg)
     if models.get(model) is None:
         raise UserError(f"--model {model!r} is not served by this config (models: {', '.join(models.names())})")
-    key = os.environ.get("KINJECT_API_KEY") or cfg.api_key
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
     cold = cfg.model_copy(update={"registry": None})  # the bench never touches the served domains' registry
     runs = []
     for k, bs in enumerate(batch_sizes):
@@ -147,6 +160,21 @@ def run_bench(cfg, out: Path, requests: int, concurrency: int, model: str, data:
         answers = r.pop("answers")
         r["mismatched"] = sum(alone.get(q) != a for q, a in answers.items())
         r["checked"] = len(answers)
+    return runs
+
+
+def run_bench(cfg, out: Path, requests: int, concurrency: int, model: str, data: Path | None,
+              max_seconds: float, batch_sizes: list[int], models=None) -> dict:
+    """`models`: already loaded `ServedModels` for `cfg` (default: load them)."""
+    import torch
+
+    from kinject.io import write_json_atomic
+    from kinject.serve.models import ServedModels
+
+    questions = run_questions(data, requests, concurrency, batch_sizes)  # before any model loads
+    torch.set_num_threads(cfg.threads)
+    models = models or ServedModels(cfg)
+    runs = load_runs(cfg, models, model, questions, requests, concurrency, max_seconds, batch_sizes, api_headers(cfg))
     by = {r["max_batch_size"]: r for r in runs}
     gain = None
     if 1 in by and len(by) > 1 and by[1]["throughput_rps"]:
