@@ -134,12 +134,52 @@ def test_retrieval_bench_all_backends(capsys, tmp_path):
     assert {r["backend"] for r in bench_json(out)["results"]} == {"tantivy", "bm25s", "dense"}
 
 
+def test_serve_reliability_on_a_tiny_world(capsys, tmp_path, tiny_tokenizer, tiny_model_dir):
+    """The real server over tiny random models and MiniLM banks: every check passes, and the
+    config's own registry is left alone (the bench keeps its registry under --out)."""
+    import yaml
+
+    from unit.mixed_world import build_mixed_world, options_of
+    from unit.test_ppr_data import questions
+
+    world = build_mixed_world(tmp_path / "world", tiny_tokenizer, tiny_model_dir)
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump({"kind": "serve", "pipeline": json.loads(options_of(world).model_dump_json()),
+                                      "batching": {"max_batch_size": 4, "max_wait_ms": 10}, "max_tokens_cap": 4}))
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "domain": d}) + "\n"
+                            for d in ("general", "materials", "adjuvant") for q in questions(d, 10, seed=5)))
+    out = tmp_path / "reliability"
+    stdout = kinject(capsys, "bench", "reliability", "--config", config, "--out", out, "--data", data,
+                     "--requests", 12, "--concurrency", 4, "--hotplug-from", "adjuvant")
+    res = bench_json(out)
+    assert f"wrote {out}/bench.json" in stdout and "| during POST /admin/domains |" in stdout
+    assert res["suite"] == "reliability" and res["failed"] == [] and all(res["checks"].values())
+    assert res["load"]["requests"] == 12 and res["load"]["lost"] == 0 and res["load"]["mismatched"] == 0
+    assert res["malformed"]["as_expected"] == res["malformed"]["requests"] >= 30 and res["malformed"]["5xx"] == 0
+    plug = res["hot_plug"]
+    assert plug["add_status"] == 201 and plug["idle"]["requests"] == plug["during_add"]["requests"] >= 4
+    assert plug["bank"] == str(out / "registry" / "hotplugged.jsonl")
+    assert res["restart"]["listed"] and res["restart"]["same_answer"] and res["restart"]["same_models"]
+    # the world's banks are not calibrated: abstention has no threshold to apply and changes nothing
+    routing = res["routing"]
+    assert routing["n"] == 30 and routing["without_abstention"]["accuracy"] >= 0.9
+    assert routing["with_abstention"]["thresholds"] == {} and routing["with_abstention"] == routing["without_abstention"]
+    saved = json.loads((out / "registry" / "serve.domains.json").read_text())
+    assert list(saved["added"]) == ["hotplugged"] and not (tmp_path / "serve.domains.json").exists()
+    assert "load average" in (out / "summary.md").read_text()
+
+
 @pytest.mark.parametrize("args, needle", [
     (["bench", "methods", "--config", BENCH / "methods_tiny.yaml", "source=demo", "artifacts.root=/nonexistent"],
      "demo artifacts missing"),
     (["bench", "levers", "--config", BENCH / "levers_tiny.yaml", "n_repeat=0"], "n_repeat"),
     (["memory", "bench", "--expert", "/nonexistent/expert", "--n", 2], "/nonexistent/expert"),
     (["memory", "bench", "--source", "decode", "--n", 2], "--source"),
+    pytest.param(["bench", "reliability", "--config", REPO / "configs/serve/tiny.yaml", "--data", "/nonexistent.jsonl"],
+                 "/nonexistent.jsonl", id="serve-reliability-missing-data"),
+    pytest.param(["bench", "reliability", "--config", "/nonexistent/serve.yaml", "--data", "/nonexistent.jsonl"],
+                 "/nonexistent/serve.yaml", id="serve-reliability-missing-config"),
 ])
 def test_user_errors_stay_one_line(tmp_path, args, needle):
     res = subprocess.run([sys.executable, "-m", "kinject.cli", *map(str, args), "--out", str(tmp_path / "o")],

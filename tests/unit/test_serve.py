@@ -576,6 +576,46 @@ def test_stream_chunks_reach_the_client_before_the_answer_is_finished(world, mod
         del models.static["slow"]
 
 
+# ---------------------------------------------------------------- the reliability bench's parts
+
+
+def test_every_malformed_case_gets_its_4xx_from_the_real_server(world, models):
+    from kinject.serve.reliability import Case, fire_cases, malformed_cases
+
+    cfg = make_cfg(world, admin_key=ADMIN)
+    cases = malformed_cases(cfg, "materials")
+    assert len({c.name for c in cases}) == len(cases) and all(400 <= c.status < 500 for c in cases)
+    keys = {"public": KEY, "admin": ADMIN, "wrong": "not-the-key"}
+    with ServerThread(create_app(cfg, models)) as srv:
+        res = fire_cases(srv.url, cases, keys)
+        assert res["requests"] == len(cases) and res["5xx"] == 0, [c for c in res["cases"] if not c["ok"]]
+        assert res["as_expected"] == len(cases) and res["4xx"] == len(cases)
+        # a case whose expectation the server does not meet is reported, with what was wrong
+        off = fire_cases(srv.url, [Case("valid", "POST", "/v1/chat/completions", 400, None,
+                                        json.dumps({"model": "base", "messages": [{"role": "user", "content": "hi"}]}
+                                                   ).encode()),
+                                   Case("wrong code", "GET", "/v1/nope", 404, "model_not_found")], keys)
+        assert off["as_expected"] == 0 and off["status"] == {"200": 1, "404": 1}
+        assert "not an OpenAI error object" in off["cases"][0]["wrong"]
+        assert off["cases"][1]["wrong"] == "code 'unknown_url', expected 'model_not_found'"
+        assert chat(srv.url, "base", "hi").status_code == 200  # still serving
+    assert "materials" not in models.pipeline.unavailable and "x" not in models.pipeline.routes
+
+
+def test_check_case_and_status_classes():
+    from kinject.serve.reliability import Case, check_case, status_classes
+
+    case = Case("bad JSON", "POST", "/v1/chat/completions", 400, "invalid_json")
+    err = {"message": "m", "type": "invalid_request_error", "param": None, "code": "invalid_json"}
+    assert check_case(case, 400, json.dumps({"error": err}).encode()) is None
+    assert check_case(case, 422, json.dumps({"error": err}).encode()) == "status 422, expected 400"
+    assert "fields" in check_case(case, 400, json.dumps({"error": {**err, "extra": 1}}).encode())
+    assert "not an OpenAI error object" in check_case(case, 400, b"<html>")
+    assert "not an OpenAI error object" in check_case(case, 400, b'{"detail": "x"}')
+    assert status_classes({"200": 5, "404": 2, "422": 1, "503": 3, "503-without-retry-after": 1,
+                           "error:ReadTimeout": 4}) == (3, 4)
+
+
 def test_fire_until_and_its_time_bound(server):
     from kinject.serve.loadtest import fire
 
@@ -589,3 +629,23 @@ def test_fire_until_and_its_time_bound(server):
     # a bound shorter than any answer: every request is lost, none is counted as answered
     res = asyncio.run(fire(server.url, "kinject-mixed", qs, 4, 2, 0.001, auth()))
     assert res["requests"] == 4 and res["ok"] == 0 and res["lost"] == 4 and res["latency_ms_p99"] is None
+
+
+def test_routing_accuracy_with_and_without_abstention(world, tmp_path):
+    from kinject.ppr.evaluate import LabelledQuestion
+    from kinject.ppr.router import Router
+    from kinject.serve.reliability import routing_accuracy
+
+    rep = _calibrated_banks(world, tmp_path / "banks")
+    labelled = [LabelledQuestion(q, d) for d in ("general", "materials", "adjuvant")
+                for q in questions(d, 15, seed=31)]
+    res = routing_accuracy(Router.from_pretrained(tmp_path / "banks"), labelled)
+    assert res["n"] == 45 and res["without_abstention"]["thresholds"] == {}
+    assert res["with_abstention"]["thresholds"] == pytest.approx(rep["thresholds"])
+    for name, abstain in (("without_abstention", False), ("with_abstention", True)):
+        routes = [d.route for d in Router.from_pretrained(tmp_path / "banks", abstain=abstain)
+                  .route_batch([x.question for x in labelled])]
+        acc = sum(r == x.label for r, x in zip(routes, labelled)) / len(labelled)
+        assert res[name]["accuracy"] == pytest.approx(acc, abs=1e-4)
+        assert res[name]["to_general"] == routes.count("general")
+    assert res["with_abstention"]["to_general"] >= res["without_abstention"]["to_general"]

@@ -6,4 +6,5 @@
 - `app.py`     the FastAPI app: /v1/chat/completions (JSON + SSE), /v1/models, /health, /admin
 - `streaming.py` token streaming for `stream: true` (one request per model call)
 - `loadtest.py` + `cli.py`: `kinject serve`, `kinject bench serve`
+- `reliability.py` `kinject bench reliability`: load, malformed requests, hot-plug stall, restart, routing
 """

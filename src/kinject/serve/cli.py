@@ -1,4 +1,5 @@
-"""`kinject serve` (the OpenAI-compatible server) and `kinject bench serve` (its load test)."""
+"""`kinject serve` (the OpenAI-compatible server), `kinject bench serve` (its load test) and
+`kinject bench reliability` (faults and load)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,39 @@ def bench_serve(
                if res.get("batching_gain") else f"wrote {out / 'bench.json'}")
 
 
+def bench_reliability(
+    config: ConfigOpt,
+    out: Annotated[Path, typer.Option("--out", help="output directory (bench.json, summary.md)")],
+    data: Annotated[Path, typer.Option("--data", help="labelled JSONL (question + domain): the load, the routing "
+                                                     "accuracy and the added domain's bank")],
+    overrides: Overrides = None,
+    requests: Annotated[int, typer.Option("--requests", help="requests of the load run")] = 200,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="requests in flight")] = 32,
+    model: Annotated[str, typer.Option("--model", help="served model to load")] = "kinject-mixed",
+    max_seconds: Annotated[float, typer.Option("--max-seconds", help="time bound per run")] = 300.0,
+    hotplug_from: Annotated[str | None, typer.Option(
+        "--hotplug-from", help="configured domain whose expert and injector the added domain uses (default: the "
+                               "first)")] = None,
+    hotplug_bank: Annotated[Path | None, typer.Option(
+        "--hotplug-bank", help="JSONL of questions the added domain's bank is built from, in the server's worker "
+                               "process (default: the --data questions of --hotplug-from)")] = None,
+) -> None:
+    """Faults and load on the real server: load (lost/mismatched), malformed requests (each its 4xx),
+    hot-plug stall, restart recovery, routing with/without abstention -> bench.json + summary.md.
+    Exit 1 when a check fails."""
+    from kinject.serve.reliability import run_reliability
+
+    cfg = load_serve_config(config, overrides)
+    res = run_reliability(cfg, out, data, requests, concurrency, model, max_seconds, hotplug_from,
+                          hotplug_bank)
+    typer.echo((out / "summary.md").read_text())
+    typer.echo(f"wrote {out}/bench.json")
+    if res["failed"]:
+        typer.echo(f"failed checks: {', '.join(res['failed'])}", err=True)
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     bench_app.command("serve")(bench_serve)
+    bench_app.command("reliability")(bench_reliability)
